@@ -1,0 +1,173 @@
+"""Feedstocks: rendering ``feedstock-template/`` and editing ``feedstock.yaml`` round-trip."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import YAMLError
+
+from bot.errors import FeedstockError
+
+FEEDSTOCK_FILE = "feedstock.yaml"
+TEMPLATE_VERSION_FILE = "TEMPLATE_VERSION"
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """The upstream sdist a feedstock builds from."""
+
+    filename: str
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Feedstock:
+    """The parsed ``feedstock.yaml``."""
+
+    project: str
+    version: str
+    source: Source
+    template: int
+
+    @property
+    def name(self) -> str:
+        return canonicalize_name(self.project)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = FEEDSTOCK_FILE) -> Feedstock:
+        """Validate a loaded document, naming the key path of the first bad field."""
+        if not isinstance(data, Mapping):
+            raise FeedstockError(f"{where}: expected a mapping at the top level")
+
+        def text(mapping: Mapping[str, Any], key: str, path: str) -> str:
+            value = mapping.get(key)
+            if not isinstance(value, str) or not value:
+                raise FeedstockError(f"{where}: {path} must be a non-empty string")
+            return value
+
+        source = data.get("source")
+        if not isinstance(source, Mapping):
+            raise FeedstockError(f"{where}: source must be a mapping")
+        version = text(data, "version", "version")
+        try:
+            Version(version)
+        except InvalidVersion as exc:
+            raise FeedstockError(f"{where}: version {version!r} is not a PEP 440 version") from exc
+        sha256 = text(source, "sha256", "source.sha256")
+        if not SHA256_RE.match(sha256):
+            raise FeedstockError(f"{where}: source.sha256 must be 64 lowercase hex digits")
+        template = data.get("template", 0)
+        if not isinstance(template, int):
+            raise FeedstockError(f"{where}: template must be an integer")
+        return cls(
+            project=text(data, "project", "project"),
+            version=version,
+            source=Source(
+                filename=text(source, "filename", "source.filename"),
+                url=text(source, "url", "source.url"),
+                sha256=sha256,
+            ),
+            template=template,
+        )
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never fold a long URL onto two lines
+    return yaml
+
+
+def _load(text: str, where: str) -> CommentedMap:
+    try:
+        data = _yaml().load(text)
+    except YAMLError as exc:
+        raise FeedstockError(f"{where}: invalid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, CommentedMap):
+        raise FeedstockError(f"{where}: expected a mapping at the top level")
+    return data
+
+
+def parse(text: str, where: str = FEEDSTOCK_FILE) -> Feedstock:
+    return Feedstock.from_dict(_load(text, where), where)
+
+
+def bump(text: str, version: str, source: Source, where: str = FEEDSTOCK_FILE) -> str:
+    """Return ``feedstock.yaml`` naming another release, comments and key order kept."""
+    data = _load(text, where)
+    Feedstock.from_dict(data, where)  # refuse to edit a file that is already invalid
+    old = data["version"]
+    # Keep the quoting style of the file (a bare 1.10 would read back as a float).
+    data["version"] = type(old)(version) if isinstance(old, str) else version
+    data["source"]["filename"] = source.filename
+    data["source"]["url"] = source.url
+    data["source"]["sha256"] = source.sha256
+    out = io.StringIO()
+    _yaml().dump(data, out)
+    return out.getvalue()
+
+
+def template_version(template_dir: Path) -> int:
+    path = template_dir / TEMPLATE_VERSION_FILE
+    try:
+        return int(path.read_text(encoding="utf-8").strip())
+    except FileNotFoundError as exc:
+        raise FeedstockError(f"{template_dir} is not a feedstock template (no {path.name})") from exc
+    except ValueError as exc:
+        raise FeedstockError(f"{path}: expected an integer template version") from exc
+
+
+def render(
+    template_dir: Path,
+    *,
+    project: str,
+    version: str,
+    source: Source,
+    maintainers: tuple[str, ...],
+    consent: str,
+) -> dict[str, str]:
+    """Render every file of the template; ``*.j2`` files through jinja2, others as they are."""
+    version_number = template_version(template_dir)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    # JSON strings are valid YAML double-quoted scalars: safe for any filename or URL.
+    env.filters["yaml"] = lambda value: json.dumps(str(value))
+    context = {
+        "project": project,
+        "version": version,
+        "source": source,
+        "maintainers": maintainers,
+        "consent": consent,
+        "template_version": version_number,
+    }
+    files: dict[str, str] = {}
+    for path in sorted(template_dir.rglob("*")):
+        if not path.is_file() or path.name == TEMPLATE_VERSION_FILE:
+            continue
+        relative = path.relative_to(template_dir).as_posix()
+        if relative.endswith(".j2"):
+            try:
+                files[relative[:-3]] = env.get_template(relative).render(context)
+            except jinja2.TemplateError as exc:
+                raise FeedstockError(f"{path}: cannot render: {exc}") from exc
+        else:
+            files[relative] = path.read_text(encoding="utf-8")
+    parse(files.get(FEEDSTOCK_FILE, ""), f"{template_dir}/{FEEDSTOCK_FILE}.j2")
+    return files
