@@ -125,7 +125,9 @@ def template_version(template_dir: Path) -> int:
     try:
         return int(path.read_text(encoding="utf-8").strip())
     except FileNotFoundError as exc:
-        raise FeedstockError(f"{template_dir} is not a feedstock template (no {path.name})") from exc
+        raise FeedstockError(
+            f"{template_dir} is not a feedstock template (no {path.name})"
+        ) from exc
     except ValueError as exc:
         raise FeedstockError(f"{path}: expected an integer template version") from exc
 

@@ -39,7 +39,10 @@ class Bump:
 
     @property
     def commit_message(self) -> str:
-        return f"Bump {self.project} to {self.new}\n\nsdist {self.source.filename} sha256 {self.source.sha256}"
+        return (
+            f"Bump {self.project} to {self.new}\n\n"
+            f"sdist {self.source.filename} sha256 {self.source.sha256}"
+        )
 
     def body(self) -> str:
         return _ENV.get_template("bump.md.j2").render(

@@ -71,7 +71,7 @@ class Registry:
 def registry_files(directory: Path) -> list[Path]:
     """The entry files of a registry directory, sorted; an error if the directory is missing."""
     if not directory.is_dir():
-        raise RegistryError(f"registry directory {directory} does not exist")
+        raise RegistryError(f"{directory}: no such registry directory")
     return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
@@ -216,5 +216,5 @@ def lint(paths: Sequence[Path]) -> list[Problem]:
         elif path.exists():
             files.append(path)
         else:
-            raise RegistryError(f"{path} does not exist")
+            raise RegistryError(f"{path}: no such file or directory")
     return list(load(files).problems)

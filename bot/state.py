@@ -140,7 +140,16 @@ class State:
             db.execute(
                 "INSERT INTO builds (project, version, commit_sha, status, reason, directory, "
                 "wheels, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (project, version, commit, status, reason, str(directory), json.dumps(wheels), now()),
+                (
+                    project,
+                    version,
+                    commit,
+                    status,
+                    reason,
+                    str(directory),
+                    json.dumps(wheels),
+                    now(),
+                ),
             )
         build = self.build_for(project, commit)
         assert build is not None

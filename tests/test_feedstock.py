@@ -15,7 +15,9 @@ SHA_A = "a" * 64
 SHA_B = "b" * 64
 
 
-def render(version: str = "1.0", url: str = "http://127.0.0.1:1/files/demo-1.0.tar.gz") -> dict[str, str]:
+def render(
+    version: str = "1.0", url: str = "http://127.0.0.1:1/files/demo-1.0.tar.gz"
+) -> dict[str, str]:
     return feedstock.render(
         TEMPLATE,
         project="demo",
@@ -28,7 +30,9 @@ def render(version: str = "1.0", url: str = "http://127.0.0.1:1/files/demo-1.0.t
 
 def test_render_produces_valid_feedstock() -> None:
     files = render()
-    assert {"feedstock.yaml", "README.md", ".gitattributes", ".github/workflows/build.yml"} <= set(files)
+    assert {"feedstock.yaml", "README.md", ".gitattributes", ".github/workflows/build.yml"} <= set(
+        files
+    )
     assert "TEMPLATE_VERSION" not in files
     fs = feedstock.parse(files["feedstock.yaml"])
     assert (fs.project, fs.version, fs.source.sha256) == ("demo", "1.0", SHA_A)
@@ -63,11 +67,15 @@ def test_bump_round_trip_keeps_comments_and_order() -> None:
     ("text", "message"),
     [
         ("project: x\nversion: '1'\n", "source must be a mapping"),
-        ("project: x\nversion: 'one'\nsource: {filename: a, url: b, sha256: %s}\n" % SHA_A,
-         "not a PEP 440 version"),
-        ("project: x\nversion: '1'\nsource: {filename: a, url: b, sha256: XYZ}\n",
-         "source.sha256 must be 64"),
-        ("project: x\nversion: '1'\nsource: {url: b, sha256: %s}\n" % SHA_A, "source.filename"),
+        (
+            f"project: x\nversion: 'one'\nsource: {{filename: a, url: b, sha256: {SHA_A}}}\n",
+            "not a PEP 440 version",
+        ),
+        (
+            "project: x\nversion: '1'\nsource: {filename: a, url: b, sha256: XYZ}\n",
+            "source.sha256 must be 64",
+        ),
+        (f"project: x\nversion: '1'\nsource: {{url: b, sha256: {SHA_A}}}\n", "source.filename"),
         ("[1, 2]\n", "mapping at the top level"),
         ("a: [\n", "invalid YAML"),
     ],

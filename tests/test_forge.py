@@ -40,7 +40,9 @@ def test_failed_create_leaves_nothing(tmp_path: Path) -> None:
 
 def test_pr_lifecycle(forge: LocalForge) -> None:
     base = forge.head("demo")
-    sha = forge.push_change("demo", "wheelstock/demo-1.1", {"feedstock.yaml": "version: '1.1'\n"}, "Bump")
+    sha = forge.push_change(
+        "demo", "wheelstock/demo-1.1", {"feedstock.yaml": "version: '1.1'\n"}, "Bump"
+    )
     assert forge.read_file("demo", "feedstock.yaml") == "version: '1.0'\n"
     assert forge.read_file("demo", "feedstock.yaml", sha) == "version: '1.1'\n"
     pr = forge.open_pr("demo", "wheelstock/demo-1.1", "demo 1.0 → 1.1", "body")

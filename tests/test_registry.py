@@ -57,19 +57,34 @@ def test_good_entry_loads(tmp_path: Path) -> None:
         ("project: demo\nmaintainers: [alice]\nconsent: [\n", 4, "invalid YAML"),
         ("project: demo\nmaintainers: []\nconsent: https://e.org/x\n", 2, "at least one handle"),
         ("project: demo\nmaintainers: alice\nconsent: https://e.org/x\n", 2, "must be a list"),
-        ("project: demo\nmaintainers:\n  - alice\n  - -bad-\nconsent: https://e.org/x\n", 4,
-         "not a valid forge handle"),
-        ("project: demo\nmaintainers:\n  - alice\n  - Alice\nconsent: https://e.org/x\n", 4,
-         "listed twice"),
+        (
+            "project: demo\nmaintainers:\n  - alice\n  - -bad-\nconsent: https://e.org/x\n",
+            4,
+            "not a valid forge handle",
+        ),
+        (
+            "project: demo\nmaintainers:\n  - alice\n  - Alice\nconsent: https://e.org/x\n",
+            4,
+            "listed twice",
+        ),
         ("project: demo\nmaintainers: [alice]\nconsent: not a url\n", 3, "http(s) URL"),
-        ("project: demo\nmaintainers: [alice]\nconsent: https://e.org/x\ncolour: red\n", 4,
-         "unknown key 'colour'"),
+        (
+            "project: demo\nmaintainers: [alice]\nconsent: https://e.org/x\ncolour: red\n",
+            4,
+            "unknown key 'colour'",
+        ),
         ("project: demo\nmaintainers: [alice]\n", 1, "missing required key 'consent'"),
-        ("project: other\nmaintainers: [alice]\nconsent: https://e.org/x\n", 1,
-         "normalized project name: other.yaml"),
+        (
+            "project: other\nmaintainers: [alice]\nconsent: https://e.org/x\n",
+            1,
+            "normalized project name: other.yaml",
+        ),
         ("- just\n- a list\n", 1, "must be a mapping"),
-        ("project: demo\nproject: demo\nmaintainers: [alice]\nconsent: https://e.org/x\n", 2,
-         "invalid YAML"),
+        (
+            "project: demo\nproject: demo\nmaintainers: [alice]\nconsent: https://e.org/x\n",
+            2,
+            "invalid YAML",
+        ),
         ("project: 12\nmaintainers: [alice]\nconsent: https://e.org/x\n", 1, "non-empty string"),
     ],
 )
@@ -88,7 +103,10 @@ def test_lint_reports_every_problem_at_once(tmp_path: Path) -> None:
     write(tmp_path, "c.yaml", "{{{")
     problems = registry.lint([tmp_path])
     assert sorted((p.path.name, p.line) for p in problems) == [
-        ("a.yaml", 2), ("a.yaml", 3), ("a.yaml", 4), ("c.yaml", 1)
+        ("a.yaml", 2),
+        ("a.yaml", 3),
+        ("a.yaml", 4),
+        ("c.yaml", 1),
     ]
 
 

@@ -39,9 +39,7 @@ class Forge(Protocol):
 
     def branches(self, project: str) -> list[str]: ...
 
-    def push_change(
-        self, project: str, branch: str, files: Mapping[str, str], message: str
-    ) -> str:
+    def push_change(self, project: str, branch: str, files: Mapping[str, str], message: str) -> str:
         """Commit ``files`` onto a new ``branch`` cut from ``main``; return the commit sha."""
         ...
 

@@ -102,18 +102,14 @@ class LocalForge:
 
     def read_file(self, project: str, path: str, ref: str = "main") -> str:
         try:
-            return str(
-                self._bare(project).git.show(f"{ref}:{path}", strip_newline_in_stdout=False)
-            )
+            return str(self._bare(project).git.show(f"{ref}:{path}", strip_newline_in_stdout=False))
         except git.GitCommandError as exc:
             raise ForgeError(f"{project}-feedstock has no {path} at {ref}") from exc
 
     def branches(self, project: str) -> list[str]:
         return [h.name for h in self._bare(project).heads]
 
-    def push_change(
-        self, project: str, branch: str, files: Mapping[str, str], message: str
-    ) -> str:
+    def push_change(self, project: str, branch: str, files: Mapping[str, str], message: str) -> str:
         if branch in self.branches(project):
             raise ForgeError(f"branch '{branch}' already exists on {project}-feedstock")
         with self._clone(project, BOT) as work:
@@ -188,8 +184,10 @@ class LocalForge:
             work.git.checkout("main")
             try:
                 work.git.merge(
-                    "--no-ff", f"origin/{pr.branch}", "-m", f"Merge pull request #{number}"
-                    f" from {pr.branch}\n\n{pr.title}"
+                    "--no-ff",
+                    f"origin/{pr.branch}",
+                    "-m",
+                    f"Merge pull request #{number} from {pr.branch}\n\n{pr.title}",
                 )
             except git.GitCommandError as exc:
                 raise ForgeError(

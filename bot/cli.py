@@ -1,0 +1,238 @@
+"""The ``wheelstock`` command line: parse, call the library, print, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bot import __version__, gate, index, registry, serve, tick
+from bot.errors import WheelstockError
+from bot.forge.local import LocalForge
+from bot.state import State
+from bot.upstream import Upstream, default_index_url, make_client
+
+STATE_ENV = "WHEELSTOCK_STATE_DIR"
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        help=f"where the bot keeps its state (default: ${STATE_ENV} or .wheelstock)",
+    )
+    common.add_argument(
+        "--registry",
+        type=Path,
+        default=Path("registry"),
+        help="registry directory (default: registry)",
+    )
+    common.add_argument(
+        "--template",
+        type=Path,
+        default=Path("feedstock-template"),
+        help="feedstock template directory (default: feedstock-template)",
+    )
+    common.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="upstream simple index (default: the index pip is configured to use)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="wheelstock", description="Wheels for projects that publish none."
+    )
+    parser.add_argument("--version", action="version", version=f"wheelstock {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("tick", parents=[common], help="run one whole cycle of the bot")
+
+    reg = commands.add_parser("registry", help="registry entries").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    lint = reg.add_parser("lint", parents=[common], help="check registry entries")
+    lint.add_argument(
+        "paths", nargs="*", type=Path, help="files or directories (default: --registry)"
+    )
+
+    pr = commands.add_parser("pr", help="pull requests on feedstocks").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    listing = pr.add_parser("list", parents=[common], help="list pull requests")
+    listing.add_argument("--all", action="store_true", help="include merged and closed ones")
+    for name, text in (("show", "body and diff"), ("merge", "merge into main"), ("close", "close")):
+        sub = pr.add_parser(name, parents=[common], help=f"{text} of a pull request")
+        sub.add_argument("number", type=int)
+        if name != "show":
+            sub.add_argument("--as", dest="handle", default="reviewer", help="who does it")
+
+    commands.add_parser(
+        "build", parents=[common], help="build merged feedstock heads that have no build yet"
+    )
+
+    review = commands.add_parser("review", help="the gate before the index").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    rlist = review.add_parser("list", parents=[common], help="builds awaiting review")
+    rlist.add_argument("--all", action="store_true", help="every build, whatever its status")
+    for name in ("approve", "reject"):
+        sub = review.add_parser(name, parents=[common], help=f"{name} a staged build")
+        sub.add_argument("project")
+        sub.add_argument("version")
+        sub.add_argument("--as", dest="handle", required=True, help="your forge handle")
+        if name == "reject":
+            sub.add_argument("--reason", required=True)
+
+    commands.add_parser(
+        "index", parents=[common], help="publish approved builds and rewrite the index pages"
+    )
+    srv = commands.add_parser("serve", parents=[common], help="serve the index over HTTP")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8080)
+    return parser
+
+
+def _state(args: argparse.Namespace) -> State:
+    root = args.state_dir or Path(os.environ.get(STATE_ENV) or ".wheelstock")
+    return State(root)
+
+
+def _upstream(args: argparse.Namespace) -> Upstream:
+    url = args.upstream or default_index_url(os.environ)
+    return Upstream(url, make_client())
+
+
+def _bot(args: argparse.Namespace, state: State) -> tick.Bot:
+    return tick.Bot(
+        state=state,
+        forge=LocalForge(state.forge_dir),
+        upstream=_upstream(args),
+        registry_dir=args.registry,
+        template_dir=args.template,
+    )
+
+
+def cmd_tick(args: argparse.Namespace, state: State) -> int:
+    bot = _bot(args, state)
+    print(f"upstream: {bot.upstream.index_url}")
+    summary = tick.tick(bot)
+    print(summary.line())
+    return 1 if summary.errors or summary.failed else 0
+
+
+def cmd_build(args: argparse.Namespace, state: State) -> int:
+    bot = _bot(args, state)
+    summary = tick.Summary()
+    reg = tick.load_registry(bot, summary)
+    tick.build_heads(bot, reg.entries, summary)
+    print(f"build: {summary.built} built, {summary.failed} failed, {len(summary.errors)} errors")
+    return 1 if summary.errors or summary.failed else 0
+
+
+def cmd_registry(args: argparse.Namespace, state: State | None) -> int:
+    problems = registry.lint(args.paths or [args.registry])
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_pr(args: argparse.Namespace, state: State) -> int:
+    forge = LocalForge(state.forge_dir)
+    if args.action == "list":
+        prs = forge.pull_requests(state=None if args.all else "open")
+        for p in prs:
+            print(f"#{p.number:<4} {p.state:<7} {p.project:<20} {p.title}")
+        if not prs:
+            print("no open pull requests" if not args.all else "no pull requests")
+        return 0
+    if args.action == "show":
+        p = forge.get_pr(args.number)
+        print(f"#{p.number} {p.title} [{p.state}]\nbranch: {p.branch}\n\n{p.body}")
+        print(forge.diff(args.number), end="")
+        return 0
+    if args.action == "merge":
+        p = forge.merge_pr(args.number, args.handle)
+        print(f"merged #{p.number} into {p.project}-feedstock main at {p.merged_commit}")
+        return 0
+    p = forge.close_pr(args.number, args.handle)
+    print(f"closed #{p.number}")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace, state: State) -> int:
+    if args.action == "list":
+        builds = state.builds() if args.all else state.builds(status="staged")
+        for b in builds:
+            wheels = ", ".join(Path(w).name for w in b.wheels) or (b.reason or "")
+            print(f"{b.project} {b.version}  {b.status}  {b.commit[:12]}  {wheels}")
+        if not builds:
+            print("nothing awaits review")
+        return 0
+    entry = registry.load_directory(args.registry).get(args.project)
+    if args.action == "reject":
+        build = gate.reject(state, entry, args.version, args.handle, args.reason)
+        print(f"rejected {build.project} {build.version} as {args.handle}")
+        return 0
+    build = gate.approve(state, entry, args.version, args.handle)
+    print(f"approved {build.project} {build.version} as {args.handle}")
+    for done, files in gate.publish_approved(state):
+        print(f"published {done.project} {done.version}: {', '.join(f.filename for f in files)}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace, state: State) -> int:
+    for done, files in gate.publish_approved(state):
+        print(f"published {done.project} {done.version}: {', '.join(f.filename for f in files)}")
+    count = index.rebuild(state.index_dir)
+    print(f"index: {count} projects at {state.index_dir / 'simple'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, state: State) -> int:
+    index.rebuild(state.index_dir)
+    serve.serve(state.index_dir, args.host, args.port)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, State], int]] = {
+    "tick": cmd_tick,
+    "build": cmd_build,
+    "pr": cmd_pr,
+    "review": cmd_review,
+    "index": cmd_index,
+    "serve": cmd_serve,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    state: State | None = None
+    try:
+        if args.command == "registry":
+            return cmd_registry(args, None)
+        state = _state(args)
+        return COMMANDS[args.command](args, state)
+    except WheelstockError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if state is not None:
+            state.close()
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,243 @@
+"""One cycle of the bot: registry, feedstocks, upstream, bump PRs, builds, publication."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from bot import __version__, feedstock, gate, registry
+from bot.builder import Runner, build_wheel
+from bot.errors import HashMismatch, WheelstockError
+from bot.feedstock import FEEDSTOCK_FILE, Source
+from bot.forge import Forge
+from bot.prs import Bump, bump_branch
+from bot.registry import Entry
+from bot.state import State, now
+from bot.upstream import DistFile, Upstream
+from bot.versions import Release, latest_release
+
+
+@dataclass
+class Bot:
+    """Everything a tick needs, passed in so tests can give real parts on loopback."""
+
+    state: State
+    forge: Forge
+    upstream: Upstream
+    registry_dir: Path
+    template_dir: Path
+    runner: Runner = subprocess.run
+    echo: Callable[[str], None] = print
+
+
+@dataclass
+class Summary:
+    """What a tick did, counted for the closing line."""
+
+    projects: int = 0
+    created: int = 0
+    opened: int = 0
+    built: int = 0
+    failed: int = 0
+    published: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"tick: {self.projects} projects, {self.created} feedstocks created, "
+            f"{self.opened} PRs opened, {self.built} built, {self.failed} failed, "
+            f"{self.published} published, {len(self.errors)} errors"
+        )
+
+
+def _source(release: Release) -> tuple[Source, DistFile]:
+    sdist = release.sdist
+    if sdist is None:  # latest_release only returns releases with an sdist
+        raise WheelstockError(f"release {release.version} has no sdist")
+    if not sdist.sha256:
+        raise WheelstockError(f"upstream gives no sha256 for {sdist.filename}")
+    return Source(filename=sdist.filename, url=sdist.url, sha256=sdist.sha256), sdist
+
+
+def sync_project(bot: Bot, entry: Entry, summary: Summary) -> None:
+    """Create the feedstock, or open a bump PR when upstream has a newer final release."""
+    page = bot.upstream.project(entry.project)
+    forge = bot.forge
+    if not forge.has_feedstock(entry.name):
+        release = latest_release(page.files)
+        if release is None:
+            raise WheelstockError(
+                f"upstream has no final, non-yanked release of {entry.project} with an sdist"
+            )
+        source, _ = _source(release)
+        files = feedstock.render(
+            bot.template_dir,
+            project=entry.project,
+            version=str(release.version),
+            source=source,
+            maintainers=entry.maintainers,
+            consent=entry.consent,
+        )
+        forge.create_feedstock(
+            entry.name, files, f"Create feedstock for {entry.project} {release.version}"
+        )
+        summary.created += 1
+        bot.echo(f"created {entry.name}-feedstock at {release.version}")
+        return
+
+    text = forge.read_file(entry.name, FEEDSTOCK_FILE)
+    current = feedstock.parse(text, f"{entry.name}-feedstock/{FEEDSTOCK_FILE}")
+    release = latest_release(page.files, newer_than=Version(current.version))
+    if release is None:
+        return
+    branch = bump_branch(entry.name, str(release.version))
+    # Never two PRs for one (project, version): the branch names the pair, and a PR that a
+    # volunteer closed stays closed rather than coming back every tick.
+    if any(pr.branch == branch for pr in forge.pull_requests(entry.name)):
+        return
+    source, sdist = _source(release)
+    bump = Bump(
+        project=entry.name,
+        old=current.version,
+        new=str(release.version),
+        source=source,
+        maintainers=entry.maintainers,
+        page_url=page.url,
+        requires_python=sdist.requires_python,
+    )
+    if branch not in forge.branches(entry.name):
+        forge.push_change(
+            entry.name,
+            branch,
+            {FEEDSTOCK_FILE: feedstock.bump(text, bump.new, source)},
+            bump.commit_message,
+        )
+    pr = forge.open_pr(entry.name, branch, bump.title, bump.body())
+    summary.opened += 1
+    bot.echo(f"opened PR #{pr.number}: {pr.title}")
+
+
+def build_head(bot: Bot, entry: Entry, commit: str, summary: Summary) -> None:
+    """Build the feedstock at ``commit``; record the outcome so it is never rebuilt blindly."""
+    state = bot.state
+    where = f"{entry.name}-feedstock/{FEEDSTOCK_FILE}@{commit[:12]}"
+    fs = feedstock.parse(bot.forge.read_file(entry.name, FEEDSTOCK_FILE, commit), where)
+    build_dir = state.builds_dir / entry.name / commit[:12]
+    if build_dir.exists():
+        shutil.rmtree(build_dir)  # the leftovers of an interrupted run of this same build
+    build_dir.mkdir(parents=True)
+    log_path = build_dir / "build.log"
+
+    def fail(reason: str, log: str = "") -> None:
+        log_path.write_text(f"{log}\nwheelstock: build refused or failed: {reason}\n", "utf-8")
+        state.record_build(
+            project=entry.name,
+            version=fs.version,
+            commit=commit,
+            status="failed",
+            directory=build_dir,
+            reason=reason,
+        )
+        summary.failed += 1
+        bot.echo(f"build of {entry.name} {fs.version} failed: {reason} (log: {log_path})")
+
+    # A feedstock publishes only its own project (DESIGN, trust rules).
+    if canonicalize_name(fs.project) != entry.name:
+        return fail(f"{where} names project {fs.project!r}, not {entry.name}")
+
+    bot.echo(f"building {entry.name} {fs.version} from {fs.source.filename} ...")
+    sdist = state.downloads_dir / entry.name / fs.source.filename
+    sdist.parent.mkdir(parents=True, exist_ok=True)
+    if not (sdist.is_file() and gate.sha256_of(sdist) == fs.source.sha256):
+        try:
+            bot.upstream.download(fs.source.url, sdist, fs.source.sha256)
+        except HashMismatch as exc:
+            return fail(str(exc))
+    result = build_wheel(
+        sdist,
+        build_dir / "wheels",
+        project=fs.project,
+        version=fs.version,
+        runner=bot.runner,
+    )
+    if not result.ok:
+        return fail(result.reason or "build failed", result.log)
+    log_path.write_text(result.log, "utf-8")
+    provenance = {
+        "project": entry.name,
+        "version": fs.version,
+        "sdist": {"filename": fs.source.filename, "url": fs.source.url, "sha256": fs.source.sha256},
+        "feedstock": {"repository": f"{entry.name}-feedstock", "commit": commit},
+        "builder": f"wheelstock {__version__}",
+        "environment": {**result.environment, "machine": platform.machine()},
+        "built_at": now(),
+    }
+    build = gate.stage(
+        state,
+        project=entry.name,
+        version=fs.version,
+        commit=commit,
+        build_dir=build_dir,
+        wheels=result.wheels,
+        provenance=provenance,
+    )
+    summary.built += 1
+    names = ", ".join(Path(w).name for w in build.wheels)
+    bot.echo(
+        f"built {entry.name} {fs.version}: {names} staged; a maintainer approves with "
+        f"`wheelstock review approve {entry.name} {fs.version} --as HANDLE`"
+    )
+
+
+def build_heads(bot: Bot, entries: tuple[Entry, ...], summary: Summary) -> None:
+    """Build every feedstock whose ``main`` head has no recorded build yet."""
+    for entry in entries:
+        if not bot.forge.has_feedstock(entry.name):
+            continue
+        head = bot.forge.head(entry.name)
+        if bot.state.build_for(entry.name, head) is not None:
+            continue
+        try:
+            build_head(bot, entry, head, summary)
+        except WheelstockError as exc:
+            summary.errors.append(f"{entry.name}: {exc}")
+            bot.echo(f"error: {entry.name}: {exc}")
+
+
+def publish(bot: Bot, summary: Summary) -> None:
+    for build, files in gate.publish_approved(bot.state):
+        summary.published += 1
+        bot.echo(
+            f"published {build.project} {build.version}: {', '.join(f.filename for f in files)}"
+        )
+
+
+def load_registry(bot: Bot, summary: Summary) -> registry.Registry:
+    reg = registry.load_directory(bot.registry_dir)
+    for problem in reg.problems:
+        summary.errors.append(str(problem))
+        bot.echo(f"error: {problem}")
+    summary.projects = len(reg.entries)
+    return reg
+
+
+def tick(bot: Bot) -> Summary:
+    """Run one whole cycle; one project's failure never stops the others."""
+    summary = Summary()
+    reg = load_registry(bot, summary)
+    for entry in reg.entries:
+        try:
+            sync_project(bot, entry, summary)
+        except WheelstockError as exc:
+            summary.errors.append(f"{entry.name}: {exc}")
+            bot.echo(f"error: {entry.name}: {exc}")
+    build_heads(bot, reg.entries, summary)
+    publish(bot, summary)
+    return summary

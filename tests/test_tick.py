@@ -1,0 +1,148 @@
+"""A tick's failure paths: each bad input gives one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.state import State
+
+from conftest import Workspace
+from projects import fixture_sdist
+
+
+def one_error_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, text
+    assert "Traceback" not in text
+    return lines[0]
+
+
+def test_malformed_registry_entry_is_reported_and_others_go_on(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    bad = workspace.enrol("broken", "alice")
+    bad.write_text("project: broken\nmaintainers: [alice\nconsent: x\n")
+    workspace.enrol("fine", "alice")
+    result = workspace.run("tick")
+    assert result.code == 1
+    errors = [line for line in result.out.splitlines() if line.startswith("error: ")]
+    assert errors[0].startswith(f"error: {bad}:") and "invalid YAML" in errors[0]
+    # The valid entry was still looked up upstream (and is unknown there).
+    assert any("fine" in line and "not found" in line for line in errors[1:])
+
+
+def test_project_unknown_upstream(workspace: Workspace) -> None:
+    workspace.enrol("ghost", "alice")
+    result = workspace.run("tick")
+    assert result.code == 1
+    line = one_error_line(result.out)
+    assert line == f"error: ghost: project 'ghost' not found at {workspace.upstream.url}" or (
+        "ghost" in line and "not found" in line
+    )
+    assert not (workspace.state / "forge" / "repos" / "ghost-feedstock.git").exists()
+
+
+def test_unreachable_upstream(workspace: Workspace) -> None:
+    workspace.enrol("demo", "alice")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/simple/"
+    result = workspace.run("tick", upstream=dead)
+    assert result.code == 1
+    line = one_error_line(result.out)
+    assert "demo:" in line and "127.0.0.1" in line
+    assert "tick: 1 projects" in result.out
+
+
+def test_no_release_with_sdist(workspace: Workspace, tmp_path: Path) -> None:
+    wheel_only = tmp_path / "demo-1.0-py3-none-any.whl"
+    wheel_only.write_bytes(b"not really a wheel")
+    workspace.upstream.add_file("demo", wheel_only)
+    workspace.enrol("demo", "alice")
+    result = workspace.run("tick")
+    assert result.code == 1
+    assert "no final, non-yanked release of demo with an sdist" in one_error_line(result.out)
+
+
+@pytest.mark.slow
+def test_sdist_hash_mismatch_is_refused_and_not_retried(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    sdist = fixture_sdist(tmp_path, "demo", "1.0")
+    workspace.upstream.add_file("demo", sdist)
+    workspace.enrol("demo", "alice")
+    # Upstream now serves other bytes under the filename the feedstock pinned.
+    served = workspace.upstream.root / "files" / "demo" / sdist.name
+    original = served.read_bytes()
+    served.write_bytes(original + b"tampered")
+
+    first = workspace.run("tick")
+    assert first.code == 1
+    assert "created demo-feedstock at 1.0" in first.out
+    assert "build of demo 1.0 failed: sha256 mismatch for demo-1.0.tar.gz" in first.out
+    state = State(workspace.state)
+    try:
+        (build,) = state.builds()
+        assert build.status == "failed" and "sha256 mismatch" in (build.reason or "")
+        assert "sha256 mismatch" in build.log_path.read_text()
+    finally:
+        state.close()
+    assert not (workspace.state / "staging").exists()
+    assert not (workspace.state / "downloads" / "demo" / sdist.name).exists()
+    assert "nothing awaits review" in workspace.run("review", "list").out
+
+    # The same failure is not rebuilt until the feedstock changes, even once upstream is fixed.
+    served.write_bytes(original)
+    second = workspace.run("tick")
+    assert "0 built, 0 failed" in second.out
+    assert second.code == 0
+
+
+@pytest.mark.slow
+def test_approval_by_unlisted_handle_is_refused(workspace: Workspace, tmp_path: Path) -> None:
+    workspace.upstream.add_file("demo", fixture_sdist(tmp_path, "demo", "1.0"))
+    workspace.enrol("demo", "alice")
+    assert workspace.run("tick").code == 0
+    refused = workspace.run("review", "approve", "demo", "1.0", "--as", "mallory")
+    assert refused.code == 1
+    assert refused.err.strip().startswith("error: 'mallory' is not a maintainer of demo")
+    assert refused.err.count("\n") == 1
+    assert "demo 1.0  staged" in workspace.run("review", "list").out
+    assert not (workspace.state / "index" / "files").exists()
+
+    rejected = workspace.run("review", "reject", "demo", "1.0", "--as", "Alice", "--reason", "no")
+    assert rejected.code == 0
+    assert "demo 1.0  rejected" in workspace.run("review", "list", "--all").out
+    again = workspace.run("review", "approve", "demo", "1.0", "--as", "alice")
+    assert again.code == 1 and "no staged build of demo 1.0" in again.err
+
+
+def test_bad_commands_give_one_line(workspace: Workspace) -> None:
+    for args in (
+        ("pr", "merge", "7"),
+        ("pr", "show", "1"),
+        ("review", "approve", "x", "1", "--as", "a"),
+    ):
+        result = workspace.run(*args)
+        assert result.code == 1, args
+        assert result.err.startswith("error: ") and result.err.count("\n") == 1, result.err
+
+
+def test_console_entry_points(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "wheelstock"  # the console script pip installed
+    for argv in ([sys.executable, "-m", "bot", "--version"], [str(script), "--version"]):
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0 and done.stdout.startswith("wheelstock ")
+    missing = subprocess.run(
+        [sys.executable, "-m", "bot", "registry", "lint"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert missing.returncode == 1
+    assert missing.stderr == "error: registry: no such file or directory\n"
