@@ -1,0 +1,286 @@
+"""A real upstream simple index (PEP 503 HTML / PEP 691 JSON) on 127.0.0.1 for tests."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import shutil
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote, unquote, urlsplit
+
+from packaging.utils import canonicalize_name
+
+from bot.upstream import DistFile
+
+JSON_V1 = "application/vnd.pypi.simple.v1+json"
+HTML_V1 = "application/vnd.pypi.simple.v1+html"
+# PEP 691: what a client may ask for, mapped to what we answer with.
+_OFFERS = {
+    JSON_V1: JSON_V1,
+    "application/vnd.pypi.simple.latest+json": JSON_V1,
+    HTML_V1: HTML_V1,
+    "application/vnd.pypi.simple.latest+html": HTML_V1,
+    "text/html": "text/html",
+}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    filename: str
+    path: Path
+    sha256: str
+    size: int
+    upload_time: datetime
+    requires_python: str | None
+    yanked: str | None
+
+
+def _negotiate(accept: str) -> str:
+    """Pick the answer type for an Accept header (PEP 691); no header means HTML."""
+    best, best_q = "text/html", 0.0
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        answer = _OFFERS.get(media.lower())
+        if answer is not None and q > best_q:
+            best, best_q = answer, q
+    return best
+
+
+class UpstreamServer:
+    """Serves /simple/, /simple/<name>/ and /files/... from an in-memory registry of files."""
+
+    def __init__(self, root: Path, *, mode: str = "json") -> None:
+        if mode not in ("json", "html"):
+            raise ValueError(f"mode must be 'json' or 'html', not {mode!r}")
+        self.root = Path(root)
+        self.mode = mode
+        self.requests: list[tuple[str, str]] = []
+        self.fail_next: list[int] = []
+        self._projects: dict[str, list[_Entry]] = {}
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._port: int | None = None
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _bind(self) -> int:
+        # Bound lazily so add_file() and url work before entering the context; after exit the
+        # old URL is still reported (for messages) but nothing is bound again.
+        if self._port is None:
+            self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+            self._server.daemon_threads = True
+            self._port = int(self._server.server_address[1])
+        return self._port
+
+    def __enter__(self) -> UpstreamServer:
+        if self._closed:
+            raise RuntimeError("an UpstreamServer can't be restarted; make a new one")
+        self._bind()
+        assert self._server is not None
+        server = self._server
+        self._thread = threading.Thread(
+            # A short poll keeps shutdown() quick at teardown.
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            if self._thread is not None:
+                self._server.shutdown()
+                self._thread.join()
+            self._server.server_close()
+        self._server = None
+        self._thread = None
+        self._closed = True
+
+    @property
+    def port(self) -> int:
+        return self._bind()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/simple/"
+
+    # -- registry ---------------------------------------------------------------------------
+
+    def add_file(
+        self,
+        project: str,
+        path: Path,
+        *,
+        requires_python: str | None = None,
+        yanked: str | None = None,
+    ) -> str:
+        """Publish a copy of path under project; returns the file's absolute URL."""
+        name = canonicalize_name(project)
+        target_dir = self.root / "files" / name
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / Path(path).name
+        shutil.copyfile(path, target)
+        data = target.read_bytes()
+        entry = _Entry(
+            filename=target.name,
+            path=target,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            upload_time=datetime.now(UTC),
+            requires_python=requires_python,
+            yanked=yanked,
+        )
+        with self._lock:
+            entries = [e for e in self._projects.get(name, []) if e.filename != entry.filename]
+            self._projects[name] = [*entries, entry]
+        return self.file_url(name, entry.filename)
+
+    def file_url(self, project: str, filename: str) -> str:
+        return f"{self.base}/files/{canonicalize_name(project)}/{quote(filename)}"
+
+    def dist_files(self, project: str) -> list[DistFile]:
+        """What a correct client should parse from the project's page."""
+        name = canonicalize_name(project)
+        with self._lock:
+            entries = list(self._projects.get(name, []))
+        return [
+            DistFile(
+                filename=e.filename,
+                url=self.file_url(name, e.filename),
+                sha256=e.sha256,
+                requires_python=e.requires_python,
+                yanked=e.yanked,
+                upload_time=e.upload_time if self.mode == "json" else None,
+                size=e.size if self.mode == "json" else None,
+            )
+            for e in entries
+        ]
+
+    # -- pages ------------------------------------------------------------------------------
+
+    def _answer(self, method: str, raw_path: str, accept: str) -> tuple[int, str, bytes]:
+        with self._lock:
+            self.requests.append((method, raw_path))
+            if self.fail_next:
+                status = self.fail_next.pop(0)
+                return status, "text/plain", f"injected failure {status}\n".encode()
+            projects = {name: list(entries) for name, entries in self._projects.items()}
+        path = unquote(urlsplit(raw_path).path)
+        kind = "text/html" if self.mode == "html" else _negotiate(accept)
+        if path == "/simple/":
+            return self._root_page(sorted(projects), kind)
+        parts = path.strip("/").split("/")
+        if len(parts) == 2 and parts[0] == "simple" and path.endswith("/"):
+            entries = projects.get(parts[1])
+            if entries is None:
+                return 404, "text/plain", b"not found\n"
+            return self._project_page(parts[1], entries, kind)
+        if len(parts) == 3 and parts[0] == "files":
+            for entry in projects.get(parts[1], []):
+                if entry.filename == parts[2]:
+                    return 200, "application/octet-stream", entry.path.read_bytes()
+        return 404, "text/plain", b"not found\n"
+
+    def _root_page(self, names: list[str], kind: str) -> tuple[int, str, bytes]:
+        if kind == JSON_V1:
+            body = {"meta": {"api-version": "1.1"}, "projects": [{"name": n} for n in names]}
+            return 200, kind, json.dumps(body).encode()
+        links = "".join(f'<a href="{n}/">{n}</a>\n' for n in names)
+        return 200, kind, _html_document("Simple index", links).encode()
+
+    def _project_page(self, name: str, entries: list[_Entry], kind: str) -> tuple[int, str, bytes]:
+        if kind == JSON_V1:
+            # PEP 691 v1.1 with PEP 700's versions, size and upload-time; absolute URLs.
+            versions = sorted({str(v) for e in entries if (v := _version_of(e.filename))})
+            files = []
+            for e in entries:
+                item: dict[str, object] = {
+                    "filename": e.filename,
+                    "url": self.file_url(name, e.filename),
+                    "hashes": {"sha256": e.sha256},
+                    "size": e.size,
+                    "upload-time": e.upload_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                }
+                if e.requires_python is not None:
+                    item["requires-python"] = e.requires_python
+                if e.yanked is not None:
+                    item["yanked"] = e.yanked or True
+                files.append(item)
+            body = {
+                "meta": {"api-version": "1.1"},
+                "name": name,
+                "versions": versions,
+                "files": files,
+            }
+            return 200, kind, json.dumps(body).encode()
+        # PEP 503 with relative hrefs, as many mirrors write them; attribute values escaped.
+        links = []
+        for e in entries:
+            attrs = f' href="../../files/{name}/{quote(e.filename)}#sha256={e.sha256}"'
+            if e.requires_python is not None:
+                attrs += f' data-requires-python="{html.escape(e.requires_python)}"'
+            if e.yanked is not None:
+                attrs += f' data-yanked="{html.escape(e.yanked)}"'
+            links.append(f"<a{attrs}>{html.escape(e.filename)}</a><br/>\n")
+        return 200, kind, _html_document(f"Links for {name}", "".join(links)).encode()
+
+
+def _version_of(filename: str) -> str | None:
+    version = DistFile(filename=filename, url="", sha256=None).version
+    return str(version) if version is not None else None
+
+
+def _html_document(title: str, body: str) -> str:
+    return (
+        "<!DOCTYPE html>\n<html><head>"
+        '<meta name="pypi:repository-version" content="1.1">'
+        f"<title>{html.escape(title)}</title></head>\n<body>\n{body}</body></html>\n"
+    )
+
+
+def _make_handler(owner: UpstreamServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            status, content_type, body = owner._answer(
+                "GET", self.path, self.headers.get("Accept", "")
+            )
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Vary", "Accept")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            # Tests read owner.requests instead of stderr noise.
+            pass
+
+    return Handler
