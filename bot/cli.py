@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bot import __version__, gate, index, registry, serve, tick
-from bot.errors import WheelstockError
+from bot import __version__, feedstock, gate, index, registry, serve, tick
+from bot.builder import run_in_own_session
+from bot.errors import BuildError, WheelstockError
 from bot.forge.local import LocalForge
 from bot.state import State
 from bot.upstream import Upstream, default_index_url, make_client
@@ -73,8 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "show":
             sub.add_argument("--as", dest="handle", default="reviewer", help="who does it")
 
-    commands.add_parser(
+    build = commands.add_parser(
         "build", parents=[common], help="build merged feedstock heads that have no build yet"
+    )
+    build.add_argument(
+        "--feedstock",
+        type=Path,
+        metavar="DIR",
+        help="instead, build one feedstock checkout (what the feedstock's CI workflow runs)",
+    )
+    build.add_argument(
+        "--out", type=Path, default=Path("dist"), help="with --feedstock: where wheels go"
     )
 
     review = commands.add_parser("review", help="the gate before the index").add_subparsers(
@@ -125,6 +136,26 @@ def cmd_tick(args: argparse.Namespace, state: State) -> int:
     summary = tick.tick(bot)
     print(summary.line())
     return 1 if summary.errors or summary.failed else 0
+
+
+def build_checkout(args: argparse.Namespace) -> int:
+    """Build one feedstock checkout into --out: the same steps a tick runs for a merged head."""
+    path = args.feedstock / feedstock.FEEDSTOCK_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise WheelstockError(f"{path}: cannot read: {exc.strerror}") from exc
+    fs = feedstock.parse(text, str(path))
+    with tempfile.TemporaryDirectory(prefix="wheelstock-sdist-") as downloads:
+        result = tick.fetch_and_build(
+            _upstream(args), fs, Path(downloads), args.out, run_in_own_session
+        )
+    print(result.log, end="")
+    if not result.ok:
+        raise BuildError(f"build of {fs.project} {fs.version} failed: {result.reason}")
+    for wheel in result.wheels:
+        print(f"built {wheel}")
+    return 0
 
 
 def cmd_build(args: argparse.Namespace, state: State) -> int:
@@ -220,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "registry":
             return cmd_registry(args, None)
+        if args.command == "build" and args.feedstock is not None:
+            return build_checkout(args)
         state = _state(args)
         return COMMANDS[args.command](args, state)
     except WheelstockError as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +12,9 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from bot import __version__, feedstock, gate, registry
-from bot.builder import Runner, build_wheel
+from bot.builder import BuildResult, Runner, build_wheel, run_in_own_session
 from bot.errors import HashMismatch, WheelstockError
-from bot.feedstock import FEEDSTOCK_FILE, Source
+from bot.feedstock import FEEDSTOCK_FILE, Feedstock, Source
 from bot.forge import Forge
 from bot.prs import Bump, bump_branch
 from bot.registry import Entry
@@ -33,7 +32,7 @@ class Bot:
     upstream: Upstream
     registry_dir: Path
     template_dir: Path
-    runner: Runner = subprocess.run
+    runner: Runner = run_in_own_session
     echo: Callable[[str], None] = print
 
 
@@ -124,6 +123,20 @@ def sync_project(bot: Bot, entry: Entry, summary: Summary) -> None:
     bot.echo(f"opened PR #{pr.number}: {pr.title}")
 
 
+def fetch_and_build(
+    upstream: Upstream, fs: Feedstock, downloads: Path, out: Path, runner: Runner
+) -> BuildResult:
+    """Download the feedstock's sdist, verify its sha256 before anything reads it, build it.
+
+    Raises HashMismatch when the bytes differ from the pinned hash; nothing is kept then.
+    """
+    sdist = downloads / fs.source.filename
+    downloads.mkdir(parents=True, exist_ok=True)
+    if not (sdist.is_file() and gate.sha256_of(sdist) == fs.source.sha256):
+        upstream.download(fs.source.url, sdist, fs.source.sha256)
+    return build_wheel(sdist, out, project=fs.project, version=fs.version, runner=runner)
+
+
 def build_head(bot: Bot, entry: Entry, commit: str, summary: Summary) -> None:
     """Build the feedstock at ``commit``; record the outcome so it is never rebuilt blindly."""
     state = bot.state
@@ -153,20 +166,12 @@ def build_head(bot: Bot, entry: Entry, commit: str, summary: Summary) -> None:
         return fail(f"{where} names project {fs.project!r}, not {entry.name}")
 
     bot.echo(f"building {entry.name} {fs.version} from {fs.source.filename} ...")
-    sdist = state.downloads_dir / entry.name / fs.source.filename
-    sdist.parent.mkdir(parents=True, exist_ok=True)
-    if not (sdist.is_file() and gate.sha256_of(sdist) == fs.source.sha256):
-        try:
-            bot.upstream.download(fs.source.url, sdist, fs.source.sha256)
-        except HashMismatch as exc:
-            return fail(str(exc))
-    result = build_wheel(
-        sdist,
-        build_dir / "wheels",
-        project=fs.project,
-        version=fs.version,
-        runner=bot.runner,
-    )
+    try:
+        result = fetch_and_build(
+            bot.upstream, fs, state.downloads_dir / entry.name, build_dir / "wheels", bot.runner
+        )
+    except HashMismatch as exc:
+        return fail(str(exc))
     if not result.ok:
         return fail(result.reason or "build failed", result.log)
     log_path.write_text(result.log, "utf-8")

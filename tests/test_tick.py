@@ -146,3 +146,33 @@ def test_console_entry_points(tmp_path: Path) -> None:
     )
     assert missing.returncode == 1
     assert missing.stderr == "error: registry: no such file or directory\n"
+
+
+@pytest.mark.slow
+def test_build_a_feedstock_checkout(workspace: Workspace, tmp_path: Path) -> None:
+    """What the rendered CI workflow runs: `wheelstock build --feedstock . --out dist`."""
+    sdist = fixture_sdist(tmp_path, "demo", "1.0")
+    workspace.upstream.add_file("demo", sdist)
+    workspace.enrol("demo", "alice")
+    assert workspace.run("tick").code == 0
+    repo = workspace.state / "forge" / "repos" / "demo-feedstock.git"
+    checkout = tmp_path / "checkout"
+    subprocess.run(["git", "clone", "--quiet", str(repo), str(checkout)], check=True)
+    workflow = (checkout / ".github" / "workflows" / "build.yml").read_text()
+    assert "wheelstock build --feedstock . --out dist" in workflow
+
+    out = tmp_path / "wheels"
+    built = workspace.run("build", "--feedstock", str(checkout), "--out", str(out))
+    assert built.code == 0, built.err
+    assert [p.name for p in out.iterdir()] == ["demo-1.0-py3-none-any.whl"]
+
+    served = workspace.upstream.root / "files" / "demo" / sdist.name
+    served.write_bytes(b"other bytes")
+    refused = workspace.run("build", "--feedstock", str(checkout), "--out", str(tmp_path / "x"))
+    assert refused.code == 1
+    assert refused.err.startswith("error: sha256 mismatch for demo-1.0.tar.gz")
+    assert not (tmp_path / "x").exists()
+
+    missing = workspace.run("build", "--feedstock", str(tmp_path / "nowhere"))
+    assert missing.code == 1
+    assert missing.err.startswith(f"error: {tmp_path / 'nowhere' / 'feedstock.yaml'}: cannot read")
