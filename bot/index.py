@@ -1,0 +1,560 @@
+"""The static index tree: PEP 503/691 pages, PEP 658 metadata files, atomic incremental writes."""
+
+from __future__ import annotations
+
+import contextlib
+import email.parser
+import hashlib
+import html
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import (
+    InvalidWheelFilename,
+    NormalizedName,
+    canonicalize_name,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
+
+from bot.errors import PublishError
+
+try:  # POSIX only; elsewhere publishes are not serialised between processes.
+    import fcntl
+except ImportError:  # pragma: no cover - exercised on Windows only
+    fcntl = None  # type: ignore[assignment]
+
+# PEP 700 is API version 1.1 (versions, size, upload-time); PEP 629 puts it in every page.
+API_VERSION = "1.1"
+
+# PEP 508 project names; checked before a name becomes a directory, so "../x" cannot escape root.
+_VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# A METADATA file is a few KiB; refuse to inflate anything absurd out of an untrusted zip.
+_MAX_METADATA_BYTES = 16 * 1024 * 1024
+_CHUNK = 1024 * 1024
+_LOCK_NAME = ".index.lock"
+
+
+@dataclass(frozen=True)
+class IndexedFile:
+    """One file as the index lists it (PEP 691 file entry, PEP 700 fields)."""
+
+    filename: str
+    sha256: str
+    size: int
+    requires_python: str | None
+    upload_time: str
+    metadata_sha256: str | None
+    yanked: str | None = None
+
+    def to_json(self, project: str) -> dict[str, Any]:
+        """The PEP 691 JSON file entry, keys in a fixed order so pages are byte-stable."""
+        entry: dict[str, Any] = {
+            "filename": self.filename,
+            "url": _file_url(project, self.filename),
+            "hashes": {"sha256": self.sha256},
+        }
+        if self.requires_python is not None:
+            entry["requires-python"] = self.requires_python
+        entry["size"] = self.size
+        entry["upload-time"] = self.upload_time
+        # PEP 714: only the new key in JSON; pip 22.3-23.1 crashes on "dist-info-metadata" there.
+        if self.metadata_sha256 is not None:
+            entry["core-metadata"] = {"sha256": self.metadata_sha256}
+        if self.yanked is not None:
+            # PEP 592/691: a reason must be non-empty, so an empty reason is plain `true`.
+            entry["yanked"] = self.yanked or True
+        return entry
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> IndexedFile:
+        """Read a PEP 691 file entry back; `where` names the entry in error messages."""
+        obj = _as_dict(data, where)
+        filename = _as_str(obj.get("filename"), f"{where}.filename")
+        hashes = _as_dict(obj.get("hashes"), f"{where}.hashes")
+        sha256 = _as_sha256(hashes.get("sha256"), f"{where}.hashes.sha256")
+        size = obj.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise PublishError(f"{where}.size: expected a non-negative integer")
+        requires_python = obj.get("requires-python")
+        if requires_python is not None:
+            requires_python = _as_str(requires_python, f"{where}.requires-python")
+        upload_time = _as_str(obj.get("upload-time"), f"{where}.upload-time")
+        metadata_sha256: str | None = None
+        core = obj.get("core-metadata")
+        if isinstance(core, dict):
+            metadata_sha256 = _as_sha256(core.get("sha256"), f"{where}.core-metadata.sha256")
+        yanked_raw = obj.get("yanked", False)
+        if yanked_raw is True:
+            yanked: str | None = ""
+        elif yanked_raw is False:
+            yanked = None
+        else:
+            yanked = _as_str(yanked_raw, f"{where}.yanked")
+        return cls(filename, sha256, size, requires_python, upload_time, metadata_sha256, yanked)
+
+
+@dataclass(frozen=True)
+class _Wheel:
+    """A validated input wheel: where it is, its digest, and its core metadata bytes."""
+
+    path: Path
+    filename: str
+    version: Version
+    sha256: str
+    size: int
+    metadata: bytes
+    requires_python: str | None
+
+
+def publish(
+    root: Path, project: str, files: Sequence[Path], *, now: datetime | None = None
+) -> list[IndexedFile]:
+    """Add wheels to `project`, rewriting only its pages and the root list; returns entries."""
+    name = _project_name(project)
+    if not files:
+        raise PublishError(f"nothing to publish for {name}")
+    stamp = format_upload_time(now if now is not None else datetime.now(UTC))
+    files_dir = root / "files" / name
+    with _locked(root):
+        listed = {entry.filename: entry for entry in project_files(root, name)}
+        # Validate everything before the first write, so an error leaves the tree untouched.
+        wanted: dict[str, _Wheel] = {}
+        for path in files:
+            wheel = _inspect_wheel(path, name)
+            earlier = wanted.get(wheel.filename)
+            if earlier is not None:
+                if earlier.sha256 != wheel.sha256:
+                    raise PublishError(f"{wheel.filename} is given twice with different content")
+                continue
+            dest = files_dir / wheel.filename
+            known = listed.get(wheel.filename)
+            current: str | None
+            if dest.exists():
+                current = _sha256_file(dest)
+            else:
+                current = known.sha256 if known is not None else None
+            # Published files are immutable (DESIGN "Trust rules"): same bytes is a no-op.
+            if current is not None and current != wheel.sha256:
+                raise PublishError(f"{wheel.filename} is already published with other content")
+            wanted[wheel.filename] = wheel
+
+        result: list[IndexedFile] = []
+        for wheel in wanted.values():
+            dest = files_dir / wheel.filename
+            if not dest.exists():
+                _copy_atomic(wheel.path, dest, wheel.sha256)
+            # PEP 658: the metadata file sits at the file's URL plus ".metadata".
+            _write_if_changed(_metadata_path(dest), wheel.metadata)
+            entry = listed.get(wheel.filename)
+            if entry is None:
+                entry = IndexedFile(
+                    filename=wheel.filename,
+                    sha256=wheel.sha256,
+                    size=wheel.size,
+                    requires_python=wheel.requires_python,
+                    upload_time=stamp,
+                    metadata_sha256=_sha256_bytes(wheel.metadata),
+                )
+                listed[wheel.filename] = entry
+            result.append(entry)
+        # Files first, then pages: a page never links to a file that is not there yet.
+        _write_project_pages(root, name, list(listed.values()))
+        _write_root_pages(root)
+    return result
+
+
+def project_files(root: Path, project: str) -> list[IndexedFile]:
+    """What the index lists for `project` now, sorted by filename ([] when it has no page)."""
+    name = _project_name(project)
+    page = root / "simple" / name / "index.json"
+    try:
+        raw = page.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise PublishError(f"cannot read {page}: {exc.strerror}") from exc
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise PublishError(f"{page} is not valid JSON: {exc}") from exc
+    where = f"simple/{name}/index.json"
+    entries = _as_list(_as_dict(data, where).get("files"), f"{where}: files")
+    found = [IndexedFile.from_json(item, f"{where}: files[{i}]") for i, item in enumerate(entries)]
+    return sorted(found, key=lambda entry: entry.filename)
+
+
+def rebuild(root: Path) -> int:
+    """Rewrite every page from files/ and the per-project JSON; returns the number of projects."""
+    with _locked(root):
+        names: set[NormalizedName] = set()
+        for parent in (root / "files", root / "simple"):
+            if not parent.is_dir():
+                continue
+            for child in parent.iterdir():
+                if not child.is_dir() or child.name.startswith("."):
+                    continue
+                if not _VALID_NAME.match(child.name) or canonicalize_name(child.name) != child.name:
+                    raise PublishError(
+                        f"{parent.name}/{child.name} is not a normalized project name"
+                    )
+                names.add(canonicalize_name(child.name))
+        # Plan every project before writing any, so a bad file leaves the tree as it was.
+        plans = {name: _plan_rebuild(root, name) for name in sorted(names)}
+        for name, (entries, metadata_files) in plans.items():
+            for path, data in metadata_files:
+                _write_if_changed(path, data)
+            _write_project_pages(root, name, entries)
+        _write_root_pages(root)
+    return len(plans)
+
+
+def format_upload_time(moment: datetime) -> str:
+    """PEP 700 upload-time: UTC, yyyy-mm-ddThh:mm:ss.ffffffZ (a naive time is taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _plan_rebuild(
+    root: Path, name: NormalizedName
+) -> tuple[list[IndexedFile], list[tuple[Path, bytes]]]:
+    """Work out one project's entries and metadata files without writing anything."""
+    listed = {entry.filename: entry for entry in project_files(root, name)}
+    files_dir = root / "files" / name
+    entries: list[IndexedFile] = []
+    metadata_files: list[tuple[Path, bytes]] = []
+    wheels = sorted(files_dir.glob("*.whl")) if files_dir.is_dir() else []
+    for path in wheels:
+        if path.name.startswith(".") or not path.is_file():
+            continue  # a temp file of an interrupted write, never a published file
+        wheel = _inspect_wheel(path, name)
+        known = listed.get(wheel.filename)
+        if known is not None and known.sha256 != wheel.sha256:
+            raise PublishError(f"files/{name}/{wheel.filename} differs from its listed sha256")
+        metadata_sha256 = _sha256_bytes(wheel.metadata)
+        if known is None:
+            # Never listed (e.g. copied in by hand): the file's own age is the best upload time.
+            mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            known = IndexedFile(
+                wheel.filename,
+                wheel.sha256,
+                wheel.size,
+                wheel.requires_python,
+                format_upload_time(mtime),
+                metadata_sha256,
+            )
+        elif known.metadata_sha256 != metadata_sha256:
+            known = IndexedFile(
+                known.filename,
+                known.sha256,
+                known.size,
+                known.requires_python,
+                known.upload_time,
+                metadata_sha256,
+                known.yanked,
+            )
+        entries.append(known)
+        metadata_files.append((_metadata_path(path), wheel.metadata))
+    return entries, metadata_files
+
+
+def _inspect_wheel(path: Path, project: NormalizedName) -> _Wheel:
+    """Check that `path` is a wheel of `project` and pull out its core metadata."""
+    filename = path.name
+    try:
+        wheel_name, version, _build, _tags = parse_wheel_filename(filename)
+    except InvalidWheelFilename as exc:
+        raise PublishError(f"{filename} is not a wheel filename: {exc}") from exc
+    if wheel_name != project:
+        raise PublishError(f"{filename} is a wheel of {wheel_name}, not of {project}")
+    if not path.is_file():
+        raise PublishError(f"{path} is not a file")
+    sha256, size = _digest(path)
+    metadata = _read_metadata(path)
+    headers = _parse_metadata(metadata, filename)
+    meta_name = headers.get("Name")
+    meta_version = headers.get("Version")
+    if meta_name is None or canonicalize_name(meta_name) != project:
+        raise PublishError(f"{filename}: METADATA names {meta_name!r}, not {project}")
+    try:
+        if meta_version is None or Version(meta_version) != version:
+            raise PublishError(f"{filename}: METADATA has version {meta_version!r}, not {version}")
+    except InvalidVersion as exc:
+        raise PublishError(f"{filename}: METADATA has an invalid version {meta_version!r}") from exc
+    requires_python = headers.get("Requires-Python")
+    if requires_python is not None:
+        requires_python = requires_python.strip()
+        try:
+            SpecifierSet(requires_python)
+        except InvalidSpecifier as exc:
+            raise PublishError(f"{filename}: invalid Requires-Python {requires_python!r}") from exc
+    return _Wheel(path, filename, version, sha256, size, metadata, requires_python or None)
+
+
+def _read_metadata(path: Path) -> bytes:
+    """The bytes of the wheel's single top-level `*.dist-info/METADATA` (PEP 427)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            candidates = [
+                info
+                for info in archive.infolist()
+                if info.filename.count("/") == 1 and info.filename.endswith(".dist-info/METADATA")
+            ]
+            if len(candidates) != 1:
+                raise PublishError(
+                    f"{path.name} has {len(candidates)} .dist-info/METADATA files, expected one"
+                )
+            info = candidates[0]
+            if info.file_size > _MAX_METADATA_BYTES:
+                raise PublishError(f"{path.name}: METADATA is implausibly large")
+            return archive.read(info)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise PublishError(f"{path.name} is not a valid zip archive: {exc}") from exc
+    except OSError as exc:
+        raise PublishError(f"cannot read {path}: {exc}") from exc
+
+
+def _parse_metadata(metadata: bytes, filename: str) -> Mapping[str, str]:
+    """Parse METADATA headers (RFC 822 style, UTF-8 per the core metadata spec)."""
+    try:
+        text = metadata.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PublishError(f"{filename}: METADATA is not UTF-8") from exc
+    message = email.parser.HeaderParser().parsestr(text)
+    return {key: str(value) for key, value in message.items()}
+
+
+def _project_name(project: str) -> NormalizedName:
+    if not _VALID_NAME.match(project):
+        raise PublishError(f"{project!r} is not a valid project name")
+    return canonicalize_name(project)
+
+
+def _file_url(project: str, filename: str) -> str:
+    # Relative to /simple/<name>/, so the tree can be served from any host or sub-path.
+    return f"../../files/{project}/{quote(filename)}"
+
+
+def _metadata_path(wheel: Path) -> Path:
+    return wheel.with_name(wheel.name + ".metadata")
+
+
+def _versions(entries: Sequence[IndexedFile]) -> list[str]:
+    found: set[Version] = set()
+    for entry in entries:
+        with contextlib.suppress(InvalidWheelFilename):
+            found.add(parse_wheel_filename(entry.filename)[1])
+    return [str(version) for version in sorted(found)]
+
+
+def _write_project_pages(root: Path, name: str, entries: Sequence[IndexedFile]) -> None:
+    ordered = sorted(entries, key=lambda entry: entry.filename)
+    page_dir = root / "simple" / name
+    document: dict[str, Any] = {
+        "meta": {"api-version": API_VERSION},
+        "name": name,
+        "files": [entry.to_json(name) for entry in ordered],
+        "versions": _versions(ordered),  # PEP 700
+    }
+    # index.json is the source of truth, so it goes first; index.html renders the same data.
+    _write_if_changed(page_dir / "index.json", _json_bytes(document))
+    _write_if_changed(page_dir / "index.html", _project_html(name, ordered))
+
+
+def _project_html(name: str, entries: Sequence[IndexedFile]) -> bytes:
+    title = html.escape(name)
+    lines = [
+        "<!DOCTYPE html>",
+        "<html>",
+        "  <head>",
+        f'    <meta name="pypi:repository-version" content="{API_VERSION}">',
+        f"    <title>Links for {title}</title>",
+        "  </head>",
+        "  <body>",
+        f"    <h1>Links for {title}</h1>",
+    ]
+    for entry in entries:
+        href = f"{_file_url(name, entry.filename)}#sha256={entry.sha256}"
+        attrs = [f'href="{html.escape(href)}"']
+        if entry.requires_python is not None:
+            # PEP 503: "<" and ">" in the specifier must be HTML-escaped.
+            attrs.append(f'data-requires-python="{html.escape(entry.requires_python)}"')
+        if entry.metadata_sha256 is not None:
+            # PEP 714 name plus the PEP 658 name, which pip before 23.2 still reads in HTML.
+            value = f"sha256={entry.metadata_sha256}"
+            attrs.append(f'data-core-metadata="{value}"')
+            attrs.append(f'data-dist-info-metadata="{value}"')
+        if entry.yanked is not None:
+            attrs.append(f'data-yanked="{html.escape(entry.yanked)}"')  # PEP 592
+        lines.append(f"    <a {' '.join(attrs)}>{html.escape(entry.filename)}</a><br>")
+    lines += ["  </body>", "</html>", ""]
+    return "\n".join(lines).encode("utf-8")
+
+
+def _write_root_pages(root: Path) -> None:
+    simple = root / "simple"
+    # The root lists every project that has a page; publish() writes that page first.
+    names: list[str] = []
+    if simple.is_dir():
+        names = sorted(
+            child.name
+            for child in simple.iterdir()
+            if child.is_dir() and (child / "index.json").is_file()
+        )
+    document = {"meta": {"api-version": API_VERSION}, "projects": [{"name": n} for n in names]}
+    lines = [
+        "<!DOCTYPE html>",
+        "<html>",
+        "  <head>",
+        f'    <meta name="pypi:repository-version" content="{API_VERSION}">',
+        "    <title>Simple index</title>",
+        "  </head>",
+        "  <body>",
+    ]
+    lines += [f'    <a href="{quote(n)}/">{html.escape(n)}</a><br>' for n in names]
+    lines += ["  </body>", "</html>", ""]
+    _write_if_changed(simple / "index.json", _json_bytes(document))
+    _write_if_changed(simple / "index.html", "\n".join(lines).encode("utf-8"))
+
+
+def _json_bytes(document: Mapping[str, Any]) -> bytes:
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Atomically write `data`, skipping identical content so mtimes (and ETags) stay put."""
+    try:
+        if path.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    with _atomic_target(path) as handle:
+        handle.write(data)
+
+
+def _copy_atomic(source: Path, dest: Path, expected_sha256: str) -> None:
+    """Copy a wheel into the tree atomically, re-checking its digest on the way."""
+    digest = hashlib.sha256()
+    with source.open("rb") as src, _atomic_target(dest) as handle:
+        while chunk := src.read(_CHUNK):
+            digest.update(chunk)
+            handle.write(chunk)
+        if digest.hexdigest() != expected_sha256:
+            raise PublishError(f"{source.name} changed while it was being published")
+
+
+@contextlib.contextmanager
+def _atomic_target(path: Path) -> Iterator[IO[bytes]]:
+    """Yield a temp file beside `path`; on success fsync it and rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory, so os.replace is an atomic rename on one filesystem; the leading dot
+    # keeps half-written files out of directory scans.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        # mkstemp makes 0600 files; a static web server running as another user must read them.
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable on POSIX; directories cannot be opened like this elsewhere.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """Serialise writers (cron tick vs. a manual publish) on a lock file in root."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / _LOCK_NAME).open("a+b") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _digest(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise PublishError(f"cannot read {path}: {exc.strerror}") from exc
+    return digest.hexdigest(), size
+
+
+def _sha256_file(path: Path) -> str:
+    return _digest(path)[0]
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _as_dict(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PublishError(f"{where}: expected an object")
+    return value
+
+
+def _as_list(value: object, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise PublishError(f"{where}: expected a list")
+    return value
+
+
+def _as_str(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise PublishError(f"{where}: expected a string")
+    return value
+
+
+def _as_sha256(value: object, where: str) -> str:
+    text = _as_str(value, where)
+    if not _SHA256_HEX.match(text):
+        raise PublishError(f"{where}: expected 64 lowercase hex digits")
+    return text
+
+
+__all__ = [
+    "API_VERSION",
+    "IndexedFile",
+    "format_upload_time",
+    "project_files",
+    "publish",
+    "rebuild",
+]

@@ -1,0 +1,389 @@
+"""Tests for bot.index: pages, metadata files, immutability and incremental writes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import zipfile
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urljoin
+
+import pytest
+
+from bot.errors import PublishError
+from bot.index import IndexedFile, project_files, publish, rebuild
+
+NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+LATER = datetime(2024, 6, 1, 8, 30, 15, 250000, tzinfo=UTC)
+
+
+def make_wheel(
+    directory: Path,
+    name: str,
+    version: str,
+    *,
+    requires_python: str | None = None,
+    tag: str = "py3-none-any",
+    body: str = "VALUE = 1\n",
+    metadata_name: str | None = None,
+) -> Path:
+    """Assemble a valid wheel by hand (PEP 427): module, METADATA, WHEEL and a hashed RECORD."""
+    dist = re.sub(r"[-_.]+", "_", name).lower()
+    info = f"{dist}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {metadata_name or name}\nVersion: {version}\n"
+    if requires_python is not None:
+        metadata += f"Requires-Python: {requires_python}\n"
+    members = {
+        f"{dist}/__init__.py": body.encode(),
+        f"{info}/METADATA": metadata.encode(),
+        f"{info}/WHEEL": (
+            f"Wheel-Version: 1.0\nGenerator: wheelstock-tests\nRoot-Is-Purelib: true\nTag: {tag}\n"
+        ).encode(),
+    }
+    record = ""
+    for member, data in members.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{member},sha256={digest},{len(data)}\n"
+    members[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{dist}-{version}-{tag}.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in members.items():
+            # A fixed timestamp makes equal inputs produce byte-identical wheels.
+            archive.writestr(zipfile.ZipInfo(member, (2024, 1, 1, 0, 0, 0)), data)
+    return path
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root (the lock file aside) with its bytes."""
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != ".index.lock"
+    }
+
+
+class Anchors(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchors: list[tuple[dict[str, str | None], str]] = []
+        self.meta: list[dict[str, str | None]] = []
+        self._open: dict[str, str | None] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._open = dict(attrs)
+        elif tag == "meta":
+            self.meta.append(dict(attrs))
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self.anchors.append((self._open, data))
+            self._open = None
+
+
+def parse_html(path: Path) -> Anchors:
+    parser = Anchors()
+    parser.feed(path.read_text("utf-8"))
+    return parser
+
+
+@pytest.fixture
+def wheels(tmp_path: Path) -> Path:
+    return tmp_path / "in"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "index"
+
+
+def test_publish_writes_json_page_with_hashes_of_the_real_bytes(root: Path, wheels: Path) -> None:
+    wheel = make_wheel(wheels, "Demo_Pkg", "1.0", requires_python=">=3.8,<4")
+
+    [entry] = publish(root, "Demo.Pkg", [wheel], now=NOW)
+
+    published = root / "files" / "demo-pkg" / wheel.name
+    metadata = root / "files" / "demo-pkg" / f"{wheel.name}.metadata"
+    assert published.read_bytes() == wheel.read_bytes()
+    page = json.loads((root / "simple" / "demo-pkg" / "index.json").read_text("utf-8"))
+    assert page == {
+        "meta": {"api-version": "1.1"},
+        "name": "demo-pkg",
+        "files": [
+            {
+                "filename": wheel.name,
+                "url": f"../../files/demo-pkg/{wheel.name}",
+                "hashes": {"sha256": sha256(wheel.read_bytes())},
+                "requires-python": ">=3.8,<4",
+                "size": wheel.stat().st_size,
+                "upload-time": "2024-05-01T12:00:00.000000Z",
+                "core-metadata": {"sha256": sha256(metadata.read_bytes())},
+            }
+        ],
+        "versions": ["1.0"],
+    }
+    assert entry == IndexedFile(
+        filename=wheel.name,
+        sha256=sha256(wheel.read_bytes()),
+        size=wheel.stat().st_size,
+        requires_python=">=3.8,<4",
+        upload_time="2024-05-01T12:00:00.000000Z",
+        metadata_sha256=sha256(metadata.read_bytes()),
+    )
+    # The relative URL lands on the file from the page's own address.
+    assert urljoin("http://h/simple/demo-pkg/", page["files"][0]["url"]) == (
+        f"http://h/files/demo-pkg/{wheel.name}"
+    )
+
+
+def test_metadata_file_is_the_wheels_own_metadata(root: Path, wheels: Path) -> None:
+    wheel = make_wheel(wheels, "demo", "1.0", requires_python=">=3.9")
+    [entry] = publish(root, "demo", [wheel], now=NOW)
+
+    with zipfile.ZipFile(wheel) as archive:
+        expected = archive.read("demo-1.0.dist-info/METADATA")
+    served = (root / "files" / "demo" / f"{wheel.name}.metadata").read_bytes()
+    assert served == expected
+    assert entry.metadata_sha256 == sha256(expected)
+
+
+def test_html_page_has_pep503_anchors_and_metadata_attributes(root: Path, wheels: Path) -> None:
+    wheel = make_wheel(wheels, "demo", "1.0", requires_python=">=3.8,<4")
+    [entry] = publish(root, "demo", [wheel], now=NOW)
+
+    page = root / "simple" / "demo" / "index.html"
+    raw = page.read_text("utf-8")
+    assert raw.startswith("<!DOCTYPE html>")
+    assert 'data-requires-python="&gt;=3.8,&lt;4"' in raw  # PEP 503 escaping
+    parsed = parse_html(page)
+    assert {"name": "pypi:repository-version", "content": "1.1"} in parsed.meta
+    [(attrs, text)] = parsed.anchors
+    assert text == wheel.name
+    assert attrs["href"] == f"../../files/demo/{wheel.name}#sha256={sha256(wheel.read_bytes())}"
+    assert attrs["data-requires-python"] == ">=3.8,<4"
+    assert attrs["data-core-metadata"] == f"sha256={entry.metadata_sha256}"
+    assert attrs["data-dist-info-metadata"] == f"sha256={entry.metadata_sha256}"
+    assert "data-yanked" not in attrs
+
+
+def test_root_pages_list_every_project(root: Path, wheels: Path) -> None:
+    publish(root, "beta", [make_wheel(wheels, "beta", "1.0")], now=NOW)
+    publish(root, "Alpha", [make_wheel(wheels, "alpha", "1.0")], now=NOW)
+
+    listing = json.loads((root / "simple" / "index.json").read_text("utf-8"))
+    assert listing == {
+        "meta": {"api-version": "1.1"},
+        "projects": [{"name": "alpha"}, {"name": "beta"}],
+    }
+    anchors = parse_html(root / "simple" / "index.html").anchors
+    assert [(a["href"], text) for a, text in anchors] == [("alpha/", "alpha"), ("beta/", "beta")]
+
+
+def test_project_files_reads_back_what_publish_listed(root: Path, wheels: Path) -> None:
+    assert project_files(root, "demo") == []
+    published = publish(root, "demo", [make_wheel(wheels, "demo", "1.0")], now=NOW)
+    assert project_files(root, "DEMO") == published
+
+
+def test_republishing_the_same_bytes_is_a_no_op(root: Path, wheels: Path) -> None:
+    wheel = make_wheel(wheels, "demo", "1.0")
+    [first] = publish(root, "demo", [wheel], now=NOW)
+    before = snapshot(root)
+
+    [again] = publish(root, "demo", [wheel, wheel], now=LATER)
+
+    assert again == first  # upload-time stays the original one
+    assert snapshot(root) == before
+
+
+def test_other_bytes_under_a_published_filename_are_refused(root: Path, wheels: Path) -> None:
+    publish(root, "demo", [make_wheel(wheels / "a", "demo", "1.0")], now=NOW)
+    before = snapshot(root)
+    impostor = make_wheel(wheels / "b", "demo", "1.0", body="VALUE = 2\n")
+
+    with pytest.raises(PublishError, match="already published with other content"):
+        publish(root, "demo", [impostor], now=LATER)
+
+    assert snapshot(root) == before
+
+
+def test_same_filename_twice_with_different_bytes_is_refused(root: Path, wheels: Path) -> None:
+    one = make_wheel(wheels / "a", "demo", "1.0")
+    two = make_wheel(wheels / "b", "demo", "1.0", body="VALUE = 2\n")
+    with pytest.raises(PublishError, match="given twice"):
+        publish(root, "demo", [one, two], now=NOW)
+    assert snapshot(root) == {}
+
+
+@pytest.mark.parametrize(
+    ("project", "factory", "message"),
+    [
+        ("other", lambda d: make_wheel(d, "demo", "1.0"), "not of other"),
+        ("demo", lambda d: make_wheel(d, "demo", "1.0", metadata_name="evil"), "METADATA names"),
+        (
+            "demo",
+            lambda d: make_wheel(d, "demo", "1.0", requires_python=">=3.x"),
+            "Requires-Python",
+        ),
+        ("../etc", lambda d: make_wheel(d, "demo", "1.0"), "not a valid project name"),
+    ],
+)
+def test_invalid_wheels_are_refused(
+    root: Path, wheels: Path, project: str, factory: object, message: str
+) -> None:
+    assert callable(factory)
+    with pytest.raises(PublishError, match=message):
+        publish(root, project, [factory(wheels)], now=NOW)
+    assert snapshot(root) == {}
+
+
+def test_files_that_are_not_wheels_are_refused(root: Path, wheels: Path) -> None:
+    wheels.mkdir()
+    not_zip = wheels / "demo-1.0-py3-none-any.whl"
+    not_zip.write_bytes(b"not a zip")
+    bad_name = wheels / "demo-1.0.tar.gz"
+    bad_name.write_bytes(b"")
+    with pytest.raises(PublishError, match="not a valid zip"):
+        publish(root, "demo", [not_zip], now=NOW)
+    with pytest.raises(PublishError, match="not a wheel filename"):
+        publish(root, "demo", [bad_name], now=NOW)
+    with pytest.raises(PublishError, match="nothing to publish"):
+        publish(root, "demo", [], now=NOW)
+    assert snapshot(root) == {}
+
+
+def test_one_bad_input_publishes_nothing(root: Path, wheels: Path) -> None:
+    good = make_wheel(wheels, "demo", "1.0")
+    bad = make_wheel(wheels, "other", "1.0")
+    with pytest.raises(PublishError):
+        publish(root, "demo", [good, bad], now=NOW)
+    assert snapshot(root) == {}
+
+
+def test_publishing_one_project_leaves_other_pages_untouched(root: Path, wheels: Path) -> None:
+    publish(root, "alpha", [make_wheel(wheels, "alpha", "1.0")], now=NOW)
+    alpha = root / "simple" / "alpha"
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in alpha.iterdir()}
+
+    publish(root, "beta", [make_wheel(wheels, "beta", "1.0")], now=LATER)
+
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in alpha.iterdir()}
+    assert after == before
+    assert set(before) == {"index.html", "index.json"}
+
+
+def test_new_versions_are_added_and_versions_sorted_by_pep440(root: Path, wheels: Path) -> None:
+    publish(root, "demo", [make_wheel(wheels, "demo", "1.10")], now=NOW)
+    publish(
+        root,
+        "demo",
+        [
+            make_wheel(wheels, "demo", "1.9"),
+            make_wheel(wheels, "demo", "1.9", tag="py2.py3-none-any"),
+        ],
+        now=LATER,
+    )
+
+    page = json.loads((root / "simple" / "demo" / "index.json").read_text("utf-8"))
+    assert page["versions"] == ["1.9", "1.10"]
+    filenames = [f["filename"] for f in page["files"]]
+    assert filenames == sorted(filenames)
+    assert len(filenames) == 3
+    times = {f["filename"]: f["upload-time"] for f in page["files"]}
+    assert times["demo-1.10-py3-none-any.whl"] == "2024-05-01T12:00:00.000000Z"
+    assert times["demo-1.9-py3-none-any.whl"] == "2024-06-01T08:30:15.250000Z"
+    anchors = parse_html(root / "simple" / "demo" / "index.html").anchors
+    assert [text for _, text in anchors] == filenames
+
+
+def test_writes_leave_no_temp_files_and_are_world_readable(root: Path, wheels: Path) -> None:
+    publish(root, "demo", [make_wheel(wheels, "demo", "1.0")], now=NOW)
+    files = [p for p in root.rglob("*") if p.is_file() and p.name != ".index.lock"]
+    assert not [p for p in files if p.name.startswith(".")]
+    # A static web server running as another user has to read them.
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o644)}
+
+
+def test_rebuild_reproduces_the_same_bytes(root: Path, wheels: Path) -> None:
+    publish(root, "alpha", [make_wheel(wheels, "alpha", "1.0")], now=NOW)
+    publish(root, "beta", [make_wheel(wheels, "beta", "2.0", requires_python=">=3.10")], now=LATER)
+    before = snapshot(root)
+    for page in (root / "simple").rglob("index.html"):
+        page.unlink()
+    (root / "simple" / "index.json").unlink()
+
+    assert rebuild(root) == 2
+    assert snapshot(root) == before
+
+
+def test_rebuild_keeps_yanks_and_lists_files_copied_in_by_hand(root: Path, wheels: Path) -> None:
+    publish(root, "demo", [make_wheel(wheels, "demo", "1.0")], now=NOW)
+    page_path = root / "simple" / "demo" / "index.json"
+    page = json.loads(page_path.read_text("utf-8"))
+    page["files"][0]["yanked"] = "broken <build>"
+    page_path.write_text(json.dumps(page), "utf-8")
+    extra = make_wheel(wheels, "demo", "2.0")
+    (root / "files" / "demo" / extra.name).write_bytes(extra.read_bytes())
+    os.utime(root / "files" / "demo" / extra.name, (0, LATER.timestamp()))
+
+    assert rebuild(root) == 1
+
+    entries = {e.filename: e for e in project_files(root, "demo")}
+    assert entries["demo-1.0-py3-none-any.whl"].yanked == "broken <build>"
+    assert entries[extra.name].upload_time == "2024-06-01T08:30:15.250000Z"
+    assert (root / "files" / "demo" / f"{extra.name}.metadata").is_file()
+    html_text = (root / "simple" / "demo" / "index.html").read_text("utf-8")
+    assert 'data-yanked="broken &lt;build&gt;"' in html_text
+    rebuilt = json.loads(page_path.read_text("utf-8"))
+    assert rebuilt["versions"] == ["1.0", "2.0"]
+    assert "yanked" not in rebuilt["files"][1]
+
+
+def test_empty_yank_reason_is_json_true(root: Path, wheels: Path) -> None:
+    publish(root, "demo", [make_wheel(wheels, "demo", "1.0")], now=NOW)
+    page_path = root / "simple" / "demo" / "index.json"
+    page = json.loads(page_path.read_text("utf-8"))
+    page["files"][0]["yanked"] = True
+    page_path.write_text(json.dumps(page), "utf-8")
+
+    rebuild(root)
+
+    assert json.loads(page_path.read_text("utf-8"))["files"][0]["yanked"] is True
+    assert project_files(root, "demo")[0].yanked == ""
+    assert 'data-yanked=""' in (root / "simple" / "demo" / "index.html").read_text("utf-8")
+
+
+def test_rebuild_refuses_a_file_whose_bytes_changed(root: Path, wheels: Path) -> None:
+    publish(root, "demo", [make_wheel(wheels / "a", "demo", "1.0")], now=NOW)
+    tampered = make_wheel(wheels / "b", "demo", "1.0", body="VALUE = 666\n")
+    target = root / "files" / "demo" / tampered.name
+    target.write_bytes(tampered.read_bytes())
+    before = snapshot(root)
+
+    with pytest.raises(PublishError, match="differs from its listed sha256"):
+        rebuild(root)
+    assert snapshot(root) == before
+
+
+def test_a_corrupt_project_page_is_reported_with_its_key_path(root: Path, wheels: Path) -> None:
+    publish(root, "demo", [make_wheel(wheels, "demo", "1.0")], now=NOW)
+    page_path = root / "simple" / "demo" / "index.json"
+    page = json.loads(page_path.read_text("utf-8"))
+    del page["files"][0]["hashes"]
+    page_path.write_text(json.dumps(page), "utf-8")
+
+    with pytest.raises(PublishError, match=r"files\[0\]\.hashes: expected an object"):
+        project_files(root, "demo")
+    page_path.write_text("{", "utf-8")
+    with pytest.raises(PublishError, match="not valid JSON"):
+        publish(root, "demo", [make_wheel(wheels, "demo", "2.0")], now=NOW)
