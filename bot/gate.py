@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import zipfile
@@ -16,19 +15,11 @@ from packaging.version import Version
 
 from bot import index
 from bot.errors import GateError
-from bot.fsutil import atomic_write_text
+from bot.fsutil import atomic_write_text, sha256_file
 from bot.registry import Entry
 from bot.state import Build, State, now
 
 PROVENANCE = "provenance.json"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def staging_dir(state: State, project: str, commit: str) -> Path:
@@ -56,7 +47,7 @@ def stage(
         dest = target / wheel.name
         shutil.move(str(wheel), dest)
         staged.append(str(dest))
-        files[wheel.name] = sha256_of(dest)
+        files[wheel.name] = sha256_file(dest)
     record = {**provenance, "wheels": files, "staged_at": now(), "approver": None}
     atomic_write_text(build_dir / PROVENANCE, json.dumps(record, indent=2) + "\n")
     return state.record_build(
@@ -118,7 +109,7 @@ def check_build(build: Build) -> None:
     for wheel in map(Path, build.wheels):
         if not wheel.is_file():
             raise GateError(f"staged wheel {wheel.name} is missing")
-        if expected.get(wheel.name) != sha256_of(wheel):
+        if expected.get(wheel.name) != sha256_file(wheel):
             raise GateError(f"staged wheel {wheel.name} changed since it was built")
         name, version = _wheel_identity(wheel)
         if name != canonicalize_name(build.project) or version != Version(build.version):

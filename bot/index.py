@@ -7,15 +7,13 @@ import email.parser
 import hashlib
 import html
 import json
-import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -28,6 +26,7 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from bot.errors import PublishError
+from bot.fsutil import CHUNK, atomic_target, file_digest
 
 try:  # POSIX only; elsewhere publishes are not serialised between processes.
     import fcntl
@@ -42,7 +41,6 @@ _VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORE
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # A METADATA file is a few KiB; refuse to inflate anything absurd out of an untrusted zip.
 _MAX_METADATA_BYTES = 16 * 1024 * 1024
-_CHUNK = 1024 * 1024
 _LOCK_NAME = ".index.lock"
 
 
@@ -142,7 +140,7 @@ def publish(
             known = listed.get(wheel.filename)
             current: str | None
             if dest.exists():
-                current = _sha256_file(dest)
+                current = _digest(dest)[0]
             else:
                 current = known.sha256 if known is not None else None
             # Published files are immutable (DESIGN "Trust rules"): same bytes is a no-op.
@@ -440,54 +438,19 @@ def _write_if_changed(path: Path, data: bytes) -> None:
             return
     except FileNotFoundError:
         pass
-    with _atomic_target(path) as handle:
+    with atomic_target(path) as handle:
         handle.write(data)
 
 
 def _copy_atomic(source: Path, dest: Path, expected_sha256: str) -> None:
     """Copy a wheel into the tree atomically, re-checking its digest on the way."""
     digest = hashlib.sha256()
-    with source.open("rb") as src, _atomic_target(dest) as handle:
-        while chunk := src.read(_CHUNK):
+    with source.open("rb") as src, atomic_target(dest) as handle:
+        while chunk := src.read(CHUNK):
             digest.update(chunk)
             handle.write(chunk)
         if digest.hexdigest() != expected_sha256:
             raise PublishError(f"{source.name} changed while it was being published")
-
-
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[IO[bytes]]:
-    """Yield a temp file beside `path`; on success fsync it and rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is an atomic rename on one filesystem; the leading dot
-    # keeps half-written files out of directory scans.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp makes 0600 files; a static web server running as another user must read them.
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable on POSIX; directories cannot be opened like this elsewhere.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -505,20 +468,10 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def _digest(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
     try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
+        return file_digest(path)
     except OSError as exc:
         raise PublishError(f"cannot read {path}: {exc.strerror}") from exc
-    return digest.hexdigest(), size
-
-
-def _sha256_file(path: Path) -> str:
-    return _digest(path)[0]
 
 
 def _sha256_bytes(data: bytes) -> str:

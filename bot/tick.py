@@ -16,6 +16,7 @@ from bot.builder import BuildResult, Runner, build_wheel, run_in_own_session
 from bot.errors import HashMismatch, WheelstockError
 from bot.feedstock import FEEDSTOCK_FILE, Feedstock, Source
 from bot.forge import Forge
+from bot.fsutil import sha256_file
 from bot.prs import Bump, bump_branch
 from bot.registry import Entry
 from bot.state import State, now
@@ -132,7 +133,7 @@ def fetch_and_build(
     """
     sdist = downloads / fs.source.filename
     downloads.mkdir(parents=True, exist_ok=True)
-    if not (sdist.is_file() and gate.sha256_of(sdist) == fs.source.sha256):
+    if not (sdist.is_file() and sha256_file(sdist) == fs.source.sha256):
         upstream.download(fs.source.url, sdist, fs.source.sha256)
     return build_wheel(sdist, out, project=fs.project, version=fs.version, runner=runner)
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 FLIT_PYPROJECT = """\
@@ -31,24 +35,29 @@ def make_project(root: Path, name: str, version: str) -> Path:
     return project
 
 
-def make_sdist(project: Path, out: Path) -> Path:
-    """Build the project's sdist with its own backend (flit_core from the test environment)."""
+def _build(project: Path, out: Path, kind: str) -> None:
+    """Run the project's own backend (flit_core from the test environment), no isolation."""
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
             sys.executable,
             "-m",
             "build",
-            "--sdist",
+            f"--{kind}",
             "--no-isolation",
             "--outdir",
             str(out),
-            str(project),
+            project,
         ],
         check=True,
         capture_output=True,
     )
-    (sdist,) = sorted(out.glob("*.tar.gz"), key=lambda p: p.stat().st_mtime)[-1:]
+
+
+def make_sdist(project: Path, out: Path) -> Path:
+    """Build the project's sdist, as its maintainers would upload it."""
+    _build(project, out, "sdist")
+    (sdist,) = out.glob("*.tar.gz")  # callers give each sdist its own directory
     return sdist
 
 
@@ -58,20 +67,43 @@ def fixture_sdist(tmp: Path, name: str, version: str) -> Path:
 
 def make_wheel(project: Path, out: Path) -> Path:
     """Build the project's wheel without isolation (fast: flit_core is in the test env)."""
-    out.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "build",
-            "--wheel",
-            "--no-isolation",
-            "--outdir",
-            str(out),
-            str(project),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = out.glob(f"{project.name.rsplit('-', 1)[0]}-*.whl")
+    _build(project, out, "wheel")
+    (wheel,) = out.glob("*.whl")  # callers give each wheel its own directory
     return wheel
+
+
+def assemble_wheel(
+    directory: Path,
+    name: str,
+    version: str,
+    *,
+    requires_python: str | None = None,
+    tag: str = "py3-none-any",
+    body: str = "VALUE = 1\n",
+    metadata_name: str | None = None,
+) -> Path:
+    """Assemble a valid wheel by hand (PEP 427): module, METADATA, WHEEL and a hashed RECORD."""
+    dist = re.sub(r"[-_.]+", "_", name).lower()
+    info = f"{dist}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {metadata_name or name}\nVersion: {version}\n"
+    if requires_python is not None:
+        metadata += f"Requires-Python: {requires_python}\n"
+    members = {
+        f"{dist}/__init__.py": body.encode(),
+        f"{info}/METADATA": metadata.encode(),
+        f"{info}/WHEEL": (
+            f"Wheel-Version: 1.0\nGenerator: wheelstock-tests\nRoot-Is-Purelib: true\nTag: {tag}\n"
+        ).encode(),
+    }
+    record = ""
+    for member, data in members.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{member},sha256={digest},{len(data)}\n"
+    members[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{dist}-{version}-{tag}.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in members.items():
+            # A fixed timestamp makes equal inputs produce byte-identical wheels.
+            archive.writestr(zipfile.ZipInfo(member, (2024, 1, 1, 0, 0, 0)), data)
+    return path

@@ -10,6 +10,7 @@ import pytest
 
 from bot import gate
 from bot.errors import GateError
+from bot.fsutil import sha256_file
 from bot.registry import Entry
 from bot.state import State
 
@@ -50,7 +51,7 @@ def test_listed_maintainer_approves_and_publish_promotes(state: State, tmp_path:
     (after,) = state.builds()
     assert after.status == "approved" and after.decided_by == "ALICE"
     record = json.loads((build.directory / gate.PROVENANCE).read_text())
-    assert record["approver"] == "ALICE" and record["wheels"][wheel.name] == gate.sha256_of(wheel)
+    assert record["approver"] == "ALICE" and record["wheels"][wheel.name] == sha256_file(wheel)
     ((_, files),) = gate.publish_approved(state)
     assert [f.filename for f in files] == [wheel.name]
     assert (state.index_dir / "files" / "demo" / wheel.name).read_bytes() == wheel.read_bytes()

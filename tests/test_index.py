@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
-import re
 import zipfile
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -18,45 +16,10 @@ import pytest
 from bot.errors import PublishError
 from bot.index import IndexedFile, project_files, publish, rebuild
 
+from projects import assemble_wheel
+
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 LATER = datetime(2024, 6, 1, 8, 30, 15, 250000, tzinfo=UTC)
-
-
-def make_wheel(
-    directory: Path,
-    name: str,
-    version: str,
-    *,
-    requires_python: str | None = None,
-    tag: str = "py3-none-any",
-    body: str = "VALUE = 1\n",
-    metadata_name: str | None = None,
-) -> Path:
-    """Assemble a valid wheel by hand (PEP 427): module, METADATA, WHEEL and a hashed RECORD."""
-    dist = re.sub(r"[-_.]+", "_", name).lower()
-    info = f"{dist}-{version}.dist-info"
-    metadata = f"Metadata-Version: 2.1\nName: {metadata_name or name}\nVersion: {version}\n"
-    if requires_python is not None:
-        metadata += f"Requires-Python: {requires_python}\n"
-    members = {
-        f"{dist}/__init__.py": body.encode(),
-        f"{info}/METADATA": metadata.encode(),
-        f"{info}/WHEEL": (
-            f"Wheel-Version: 1.0\nGenerator: wheelstock-tests\nRoot-Is-Purelib: true\nTag: {tag}\n"
-        ).encode(),
-    }
-    record = ""
-    for member, data in members.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record += f"{member},sha256={digest},{len(data)}\n"
-    members[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{dist}-{version}-{tag}.whl"
-    with zipfile.ZipFile(path, "w") as archive:
-        for member, data in members.items():
-            # A fixed timestamp makes equal inputs produce byte-identical wheels.
-            archive.writestr(zipfile.ZipInfo(member, (2024, 1, 1, 0, 0, 0)), data)
-    return path
 
 
 def sha256(data: bytes) -> str:
@@ -108,7 +71,7 @@ def root(tmp_path: Path) -> Path:
 
 
 def test_publish_writes_json_page_with_hashes_of_the_real_bytes(root: Path, wheels: Path) -> None:
-    wheel = make_wheel(wheels, "Demo_Pkg", "1.0", requires_python=">=3.8,<4")
+    wheel = assemble_wheel(wheels, "Demo_Pkg", "1.0", requires_python=">=3.8,<4")
 
     [entry] = publish(root, "Demo.Pkg", [wheel], now=NOW)
 
@@ -147,7 +110,7 @@ def test_publish_writes_json_page_with_hashes_of_the_real_bytes(root: Path, whee
 
 
 def test_metadata_file_is_the_wheels_own_metadata(root: Path, wheels: Path) -> None:
-    wheel = make_wheel(wheels, "demo", "1.0", requires_python=">=3.9")
+    wheel = assemble_wheel(wheels, "demo", "1.0", requires_python=">=3.9")
     [entry] = publish(root, "demo", [wheel], now=NOW)
 
     with zipfile.ZipFile(wheel) as archive:
@@ -158,7 +121,7 @@ def test_metadata_file_is_the_wheels_own_metadata(root: Path, wheels: Path) -> N
 
 
 def test_html_page_has_pep503_anchors_and_metadata_attributes(root: Path, wheels: Path) -> None:
-    wheel = make_wheel(wheels, "demo", "1.0", requires_python=">=3.8,<4")
+    wheel = assemble_wheel(wheels, "demo", "1.0", requires_python=">=3.8,<4")
     [entry] = publish(root, "demo", [wheel], now=NOW)
 
     page = root / "simple" / "demo" / "index.html"
@@ -177,8 +140,8 @@ def test_html_page_has_pep503_anchors_and_metadata_attributes(root: Path, wheels
 
 
 def test_root_pages_list_every_project(root: Path, wheels: Path) -> None:
-    publish(root, "beta", [make_wheel(wheels, "beta", "1.0")], now=NOW)
-    publish(root, "Alpha", [make_wheel(wheels, "alpha", "1.0")], now=NOW)
+    publish(root, "beta", [assemble_wheel(wheels, "beta", "1.0")], now=NOW)
+    publish(root, "Alpha", [assemble_wheel(wheels, "alpha", "1.0")], now=NOW)
 
     listing = json.loads((root / "simple" / "index.json").read_text("utf-8"))
     assert listing == {
@@ -191,12 +154,12 @@ def test_root_pages_list_every_project(root: Path, wheels: Path) -> None:
 
 def test_project_files_reads_back_what_publish_listed(root: Path, wheels: Path) -> None:
     assert project_files(root, "demo") == []
-    published = publish(root, "demo", [make_wheel(wheels, "demo", "1.0")], now=NOW)
+    published = publish(root, "demo", [assemble_wheel(wheels, "demo", "1.0")], now=NOW)
     assert project_files(root, "DEMO") == published
 
 
 def test_republishing_the_same_bytes_is_a_no_op(root: Path, wheels: Path) -> None:
-    wheel = make_wheel(wheels, "demo", "1.0")
+    wheel = assemble_wheel(wheels, "demo", "1.0")
     [first] = publish(root, "demo", [wheel], now=NOW)
     before = snapshot(root)
 
@@ -207,9 +170,9 @@ def test_republishing_the_same_bytes_is_a_no_op(root: Path, wheels: Path) -> Non
 
 
 def test_other_bytes_under_a_published_filename_are_refused(root: Path, wheels: Path) -> None:
-    publish(root, "demo", [make_wheel(wheels / "a", "demo", "1.0")], now=NOW)
+    publish(root, "demo", [assemble_wheel(wheels / "a", "demo", "1.0")], now=NOW)
     before = snapshot(root)
-    impostor = make_wheel(wheels / "b", "demo", "1.0", body="VALUE = 2\n")
+    impostor = assemble_wheel(wheels / "b", "demo", "1.0", body="VALUE = 2\n")
 
     with pytest.raises(PublishError, match="already published with other content"):
         publish(root, "demo", [impostor], now=LATER)
@@ -218,8 +181,8 @@ def test_other_bytes_under_a_published_filename_are_refused(root: Path, wheels: 
 
 
 def test_same_filename_twice_with_different_bytes_is_refused(root: Path, wheels: Path) -> None:
-    one = make_wheel(wheels / "a", "demo", "1.0")
-    two = make_wheel(wheels / "b", "demo", "1.0", body="VALUE = 2\n")
+    one = assemble_wheel(wheels / "a", "demo", "1.0")
+    two = assemble_wheel(wheels / "b", "demo", "1.0", body="VALUE = 2\n")
     with pytest.raises(PublishError, match="given twice"):
         publish(root, "demo", [one, two], now=NOW)
     assert snapshot(root) == {}
@@ -228,14 +191,18 @@ def test_same_filename_twice_with_different_bytes_is_refused(root: Path, wheels:
 @pytest.mark.parametrize(
     ("project", "factory", "message"),
     [
-        ("other", lambda d: make_wheel(d, "demo", "1.0"), "not of other"),
-        ("demo", lambda d: make_wheel(d, "demo", "1.0", metadata_name="evil"), "METADATA names"),
+        ("other", lambda d: assemble_wheel(d, "demo", "1.0"), "not of other"),
         (
             "demo",
-            lambda d: make_wheel(d, "demo", "1.0", requires_python=">=3.x"),
+            lambda d: assemble_wheel(d, "demo", "1.0", metadata_name="evil"),
+            "METADATA names",
+        ),
+        (
+            "demo",
+            lambda d: assemble_wheel(d, "demo", "1.0", requires_python=">=3.x"),
             "Requires-Python",
         ),
-        ("../etc", lambda d: make_wheel(d, "demo", "1.0"), "not a valid project name"),
+        ("../etc", lambda d: assemble_wheel(d, "demo", "1.0"), "not a valid project name"),
     ],
 )
 def test_invalid_wheels_are_refused(
@@ -263,19 +230,19 @@ def test_files_that_are_not_wheels_are_refused(root: Path, wheels: Path) -> None
 
 
 def test_one_bad_input_publishes_nothing(root: Path, wheels: Path) -> None:
-    good = make_wheel(wheels, "demo", "1.0")
-    bad = make_wheel(wheels, "other", "1.0")
+    good = assemble_wheel(wheels, "demo", "1.0")
+    bad = assemble_wheel(wheels, "other", "1.0")
     with pytest.raises(PublishError):
         publish(root, "demo", [good, bad], now=NOW)
     assert snapshot(root) == {}
 
 
 def test_publishing_one_project_leaves_other_pages_untouched(root: Path, wheels: Path) -> None:
-    publish(root, "alpha", [make_wheel(wheels, "alpha", "1.0")], now=NOW)
+    publish(root, "alpha", [assemble_wheel(wheels, "alpha", "1.0")], now=NOW)
     alpha = root / "simple" / "alpha"
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in alpha.iterdir()}
 
-    publish(root, "beta", [make_wheel(wheels, "beta", "1.0")], now=LATER)
+    publish(root, "beta", [assemble_wheel(wheels, "beta", "1.0")], now=LATER)
 
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in alpha.iterdir()}
     assert after == before
@@ -283,13 +250,13 @@ def test_publishing_one_project_leaves_other_pages_untouched(root: Path, wheels:
 
 
 def test_new_versions_are_added_and_versions_sorted_by_pep440(root: Path, wheels: Path) -> None:
-    publish(root, "demo", [make_wheel(wheels, "demo", "1.10")], now=NOW)
+    publish(root, "demo", [assemble_wheel(wheels, "demo", "1.10")], now=NOW)
     publish(
         root,
         "demo",
         [
-            make_wheel(wheels, "demo", "1.9"),
-            make_wheel(wheels, "demo", "1.9", tag="py2.py3-none-any"),
+            assemble_wheel(wheels, "demo", "1.9"),
+            assemble_wheel(wheels, "demo", "1.9", tag="py2.py3-none-any"),
         ],
         now=LATER,
     )
@@ -307,7 +274,7 @@ def test_new_versions_are_added_and_versions_sorted_by_pep440(root: Path, wheels
 
 
 def test_writes_leave_no_temp_files_and_are_world_readable(root: Path, wheels: Path) -> None:
-    publish(root, "demo", [make_wheel(wheels, "demo", "1.0")], now=NOW)
+    publish(root, "demo", [assemble_wheel(wheels, "demo", "1.0")], now=NOW)
     files = [p for p in root.rglob("*") if p.is_file() and p.name != ".index.lock"]
     assert not [p for p in files if p.name.startswith(".")]
     # A static web server running as another user has to read them.
@@ -315,8 +282,10 @@ def test_writes_leave_no_temp_files_and_are_world_readable(root: Path, wheels: P
 
 
 def test_rebuild_reproduces_the_same_bytes(root: Path, wheels: Path) -> None:
-    publish(root, "alpha", [make_wheel(wheels, "alpha", "1.0")], now=NOW)
-    publish(root, "beta", [make_wheel(wheels, "beta", "2.0", requires_python=">=3.10")], now=LATER)
+    publish(root, "alpha", [assemble_wheel(wheels, "alpha", "1.0")], now=NOW)
+    publish(
+        root, "beta", [assemble_wheel(wheels, "beta", "2.0", requires_python=">=3.10")], now=LATER
+    )
     before = snapshot(root)
     for page in (root / "simple").rglob("index.html"):
         page.unlink()
@@ -327,12 +296,12 @@ def test_rebuild_reproduces_the_same_bytes(root: Path, wheels: Path) -> None:
 
 
 def test_rebuild_keeps_yanks_and_lists_files_copied_in_by_hand(root: Path, wheels: Path) -> None:
-    publish(root, "demo", [make_wheel(wheels, "demo", "1.0")], now=NOW)
+    publish(root, "demo", [assemble_wheel(wheels, "demo", "1.0")], now=NOW)
     page_path = root / "simple" / "demo" / "index.json"
     page = json.loads(page_path.read_text("utf-8"))
     page["files"][0]["yanked"] = "broken <build>"
     page_path.write_text(json.dumps(page), "utf-8")
-    extra = make_wheel(wheels, "demo", "2.0")
+    extra = assemble_wheel(wheels, "demo", "2.0")
     (root / "files" / "demo" / extra.name).write_bytes(extra.read_bytes())
     os.utime(root / "files" / "demo" / extra.name, (0, LATER.timestamp()))
 
@@ -350,7 +319,7 @@ def test_rebuild_keeps_yanks_and_lists_files_copied_in_by_hand(root: Path, wheel
 
 
 def test_empty_yank_reason_is_json_true(root: Path, wheels: Path) -> None:
-    publish(root, "demo", [make_wheel(wheels, "demo", "1.0")], now=NOW)
+    publish(root, "demo", [assemble_wheel(wheels, "demo", "1.0")], now=NOW)
     page_path = root / "simple" / "demo" / "index.json"
     page = json.loads(page_path.read_text("utf-8"))
     page["files"][0]["yanked"] = True
@@ -364,8 +333,8 @@ def test_empty_yank_reason_is_json_true(root: Path, wheels: Path) -> None:
 
 
 def test_rebuild_refuses_a_file_whose_bytes_changed(root: Path, wheels: Path) -> None:
-    publish(root, "demo", [make_wheel(wheels / "a", "demo", "1.0")], now=NOW)
-    tampered = make_wheel(wheels / "b", "demo", "1.0", body="VALUE = 666\n")
+    publish(root, "demo", [assemble_wheel(wheels / "a", "demo", "1.0")], now=NOW)
+    tampered = assemble_wheel(wheels / "b", "demo", "1.0", body="VALUE = 666\n")
     target = root / "files" / "demo" / tampered.name
     target.write_bytes(tampered.read_bytes())
     before = snapshot(root)
@@ -376,7 +345,7 @@ def test_rebuild_refuses_a_file_whose_bytes_changed(root: Path, wheels: Path) ->
 
 
 def test_a_corrupt_project_page_is_reported_with_its_key_path(root: Path, wheels: Path) -> None:
-    publish(root, "demo", [make_wheel(wheels, "demo", "1.0")], now=NOW)
+    publish(root, "demo", [assemble_wheel(wheels, "demo", "1.0")], now=NOW)
     page_path = root / "simple" / "demo" / "index.json"
     page = json.loads(page_path.read_text("utf-8"))
     del page["files"][0]["hashes"]
@@ -386,4 +355,4 @@ def test_a_corrupt_project_page_is_reported_with_its_key_path(root: Path, wheels
         project_files(root, "demo")
     page_path.write_text("{", "utf-8")
     with pytest.raises(PublishError, match="not valid JSON"):
-        publish(root, "demo", [make_wheel(wheels, "demo", "2.0")], now=NOW)
+        publish(root, "demo", [assemble_wheel(wheels, "demo", "2.0")], now=NOW)

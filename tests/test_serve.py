@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from test_index import make_wheel
 
 from bot.index import publish
 from bot.serve import HTML_V1, JSON_V1, TEXT_HTML, make_server, negotiate
 
-from projects import make_project
+from projects import assemble_wheel, make_project
+from projects import make_wheel as build_project_wheel
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -57,7 +57,7 @@ class Served:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     root = tmp_path / "index"
-    wheel = make_wheel(tmp_path / "in", "demo-pkg", "1.0", requires_python=">=3.8")
+    wheel = assemble_wheel(tmp_path / "in", "demo-pkg", "1.0", requires_python=">=3.8")
     publish(root, "demo-pkg", [wheel], now=NOW)
     lines: list[str] = []
     server = make_server(root, "127.0.0.1", 0, log=lines.append)
@@ -293,22 +293,7 @@ def test_pip_and_uv_install_from_the_served_index(tmp_path: Path) -> None:
     pytest.importorskip("flit_core")
     name, module = "wheelstock-e2e-probe", "wheelstock_e2e_probe"
     project = make_project(tmp_path / "src", name, "1.2.3")
-    dist = tmp_path / "dist"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "build",
-            "--wheel",
-            "--no-isolation",
-            "--outdir",
-            str(dist),
-            str(project),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    [wheel] = dist.glob("*.whl")
+    wheel = build_project_wheel(project, tmp_path / "dist")
     root = tmp_path / "index"
     publish(root, name, [wheel])
     lines: list[str] = []
