@@ -56,9 +56,10 @@ class State:
     """The state directory: ``state.db`` plus the folders each stage writes."""
 
     def __init__(self, root: Path):
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(root / "state.db")
+        # Absolute, because git and the builder run in other working directories.
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.root / "state.db")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
 

@@ -32,10 +32,23 @@ def test_create_makes_a_real_bare_repo(forge: LocalForge) -> None:
 
 def test_failed_create_leaves_nothing(tmp_path: Path) -> None:
     forge = LocalForge(tmp_path / "forge")
-    with pytest.raises(git.GitCommandError):
+    with pytest.raises(ForgeError, match="creating empty-feedstock: git failed: .*nothing"):
         forge.create_feedstock("empty", {}, "nothing to commit")
     assert not forge.has_feedstock("empty")
     assert list((tmp_path / "forge" / "repos").iterdir()) == []
+
+
+def test_relative_root_works_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # git runs in temporary clones; a relative forge root must not be read relative to them.
+    monkeypatch.chdir(tmp_path)
+    forge = LocalForge(Path("state") / "forge")
+    forge.create_feedstock("demo", {"feedstock.yaml": "a: 1\n"}, "Create")
+    forge.push_change("demo", "b", {"feedstock.yaml": "a: 2\n"}, "Change")
+    forge.merge_pr(forge.open_pr("demo", "b", "t", "").number, "v")
+    assert forge.read_file("demo", "feedstock.yaml") == "a: 2\n"
+    assert (tmp_path / "state" / "forge" / "repos" / "demo-feedstock.git").is_dir()
 
 
 def test_pr_lifecycle(forge: LocalForge) -> None:

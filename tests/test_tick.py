@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import pytest
 
 from bot.state import State
 
-from conftest import Workspace
+from conftest import TEMPLATE, Workspace
 from projects import fixture_sdist
 
 
@@ -176,3 +178,26 @@ def test_build_a_feedstock_checkout(workspace: Workspace, tmp_path: Path) -> Non
     missing = workspace.run("build", "--feedstock", str(tmp_path / "nowhere"))
     assert missing.code == 1
     assert missing.err.startswith(f"error: {tmp_path / 'nowhere' / 'feedstock.yaml'}: cannot read")
+
+
+@pytest.mark.slow
+def test_tick_with_default_relative_state_dir(workspace: Workspace, tmp_path: Path) -> None:
+    """The README's main job: `wheelstock tick` in a checkout, everything else defaulted."""
+    workspace.upstream.add_file("demo", fixture_sdist(tmp_path, "demo", "1.0"))
+    checkout = tmp_path / "checkout"
+    (checkout / "registry").mkdir(parents=True)
+    shutil.copytree(TEMPLATE, checkout / "feedstock-template")
+    (checkout / "registry" / "demo.yaml").write_text(
+        "project: demo\nmaintainers: [alice]\nconsent: https://example.org/demo/1\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "WHEELSTOCK_STATE_DIR"}
+    env["PIP_INDEX_URL"] = workspace.upstream.url  # the default upstream: pip's configured index
+    script = Path(sys.executable).parent / "wheelstock"
+    done = subprocess.run(
+        [str(script), "tick"], cwd=checkout, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"upstream: {workspace.upstream.url}" in done.stdout
+    assert "created demo-feedstock at 1.0" in done.stdout and "1 built" in done.stdout
+    assert (checkout / ".wheelstock" / "forge" / "repos" / "demo-feedstock.git").is_dir()
+    assert (checkout / ".wheelstock" / "state.db").is_file()

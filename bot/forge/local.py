@@ -29,6 +29,26 @@ def _identity(name: str, email: str) -> dict[str, str]:
     }
 
 
+@contextmanager
+def _git_errors(what: str) -> Iterator[None]:
+    """Translate a failing git command into one ForgeError line naming what was being done."""
+    try:
+        yield
+    except git.GitCommandError as exc:
+        # git says why on stderr, first line ("fatal: ..."), or for some commands on stdout,
+        # last line ("nothing to commit").
+        def lines(stream: object) -> list[str]:
+            return [
+                line.strip().removeprefix("stderr: ").removeprefix("stdout: ").strip(" '")
+                for line in str(stream or "").splitlines()
+                if line.strip().strip("'")
+            ]
+
+        said = lines(exc.stderr)[:1] or lines(exc.stdout)[-1:]
+        reason = said[0] if said else f"exit {exc.status}"
+        raise ForgeError(f"{what}: git failed: {reason}") from exc
+
+
 def _write_tree(root: Path, files: Mapping[str, str]) -> None:
     for relative, text in files.items():
         target = root / relative
@@ -40,9 +60,10 @@ class LocalForge:
     """Feedstocks as bare repos under ``root/repos``, pull requests as JSON under ``root/pulls``."""
 
     def __init__(self, root: Path):
-        self.root = root
-        self.repos = root / "repos"
-        self.pulls = root / "pulls"
+        # Absolute: git runs inside temporary clones, where a relative path means something else.
+        self.root = root.resolve()
+        self.repos = self.root / "repos"
+        self.pulls = self.root / "pulls"
 
     # -- repositories ---------------------------------------------------------------------
     def repo_path(self, project: str) -> Path:
@@ -79,8 +100,11 @@ class LocalForge:
         # never leaves a half-made feedstock that later ticks would take for a real one.
         staging = Path(tempfile.mkdtemp(prefix=f".{project}-", dir=self.repos))
         try:
-            git.Repo.init(staging, bare=True, initial_branch="main")
-            with tempfile.TemporaryDirectory(prefix="wheelstock-init-") as tmp:
+            with (
+                _git_errors(f"creating {project}-feedstock"),
+                tempfile.TemporaryDirectory(prefix="wheelstock-init-") as tmp,
+            ):
+                git.Repo.init(staging, bare=True, initial_branch="main")
                 work = git.Repo.init(tmp, initial_branch="main")
                 work.git.update_environment(**_identity(*BOT))
                 _write_tree(Path(tmp), files)
@@ -112,7 +136,10 @@ class LocalForge:
     def push_change(self, project: str, branch: str, files: Mapping[str, str], message: str) -> str:
         if branch in self.branches(project):
             raise ForgeError(f"branch '{branch}' already exists on {project}-feedstock")
-        with self._clone(project, BOT) as work:
+        with (
+            _git_errors(f"pushing {branch} to {project}-feedstock"),
+            self._clone(project, BOT) as work,
+        ):
             work.git.checkout("-b", branch, "origin/main")
             _write_tree(Path(work.working_dir), files)
             work.git.add("--all")
@@ -193,7 +220,8 @@ class LocalForge:
                 raise ForgeError(
                     f"pull request #{number} does not merge cleanly into main; rebase it first"
                 ) from exc
-            work.git.push("origin", "main:refs/heads/main")
+            with _git_errors(f"merging pull request #{number}"):
+                work.git.push("origin", "main:refs/heads/main")
             merged = str(work.head.commit.hexsha)
         pr = replace(pr, state="merged", merged_commit=merged, closed_by=by)
         self._save(pr)
