@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bot import __version__, feedstock, gate, index, registry, serve, tick
 from bot.builder import run_in_own_session
-from bot.errors import BuildError, WheelstockError
+from bot.errors import BuildError, ProjectNotFound, UpstreamError, WheelstockError
 from bot.forge.local import LocalForge
 from bot.state import State
 from bot.upstream import Upstream, default_index_url, make_client
@@ -63,6 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument(
         "paths", nargs="*", type=Path, help="files or directories (default: --registry)"
     )
+    lint.add_argument(
+        "--offline", action="store_true", help="do not ask upstream whether projects exist"
+    )
+    lint.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    lint.add_argument(
+        "--changed-since",
+        metavar="REF",
+        help="lint only entries added or changed since REF (git), as an enrolment PR check",
+    )
+    add = reg.add_parser("add", parents=[common], help="enrol a project: write its entry")
+    add.add_argument("project")
+    add.add_argument(
+        "--maintainer", dest="maintainers", action="append", required=True, metavar="HANDLE"
+    )
+    add.add_argument("--consent", required=True, metavar="URL")
 
     pr = commands.add_parser("pr", help="pull requests on feedstocks").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -167,14 +182,43 @@ def cmd_build(args: argparse.Namespace, state: State) -> int:
     return 1 if summary.errors or summary.failed else 0
 
 
+def _exists_upstream(upstream: Upstream) -> registry.ProjectCheck:
+    def check(project: str) -> tuple[str, str] | None:
+        try:
+            upstream.project(project)
+        except ProjectNotFound:
+            return "WS122", f"project {project!r} not found upstream at {upstream.index_url}"
+        except UpstreamError as exc:
+            return "WS123", f"could not check {project!r} upstream: {exc}"
+        return None
+
+    return check
+
+
 def cmd_registry(args: argparse.Namespace, state: State | None) -> int:
-    problems = registry.lint(args.paths or [args.registry])
-    for problem in problems:
-        print(problem)
-    if problems:
-        print(f"{len(problems)} problem(s)", file=sys.stderr)
-        return 1
-    return 0
+    if args.action == "add":
+        upstream = _upstream(args)
+        page = upstream.project(args.project)  # ProjectNotFound is the user's one-line error
+        path = registry.add(args.registry, args.project, args.maintainers, args.consent)
+        print(f"wrote {path} for {args.project} ({page.url}); open a pull request with it")
+        return 0
+    paths = args.paths or [args.registry]
+    only = None
+    if args.changed_since:
+        only = registry.changed_since(args.changed_since, args.registry)
+        paths = [args.registry]
+    checked = only if only is not None else registry.expand(paths)
+    exists = None if args.offline else _exists_upstream(_upstream(args))
+    problems = registry.lint(paths, only=only, exists=exists)
+    if args.format == "markdown":
+        print(registry.format_markdown(problems, checked), end="")
+    elif args.format == "json":
+        print(registry.format_json(problems, checked), end="")
+    else:
+        print(registry.format_text(problems), end="")
+        if problems:
+            print(f"{len(problems)} problem(s) in {len(checked)} file(s)", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_pr(args: argparse.Namespace, state: State) -> int:
