@@ -71,6 +71,9 @@ class DistFile:
     yanked: str | None = None
     upload_time: datetime | None = None
     size: int | None = None
+    # PEP 658/714: upstream serves this file's core metadata at `<url>.metadata`. None when it
+    # doesn't; "sha256=<hex>" when a sha256 of that file was given; "true" when none was.
+    core_metadata: str | None = None
 
     @property
     def is_sdist(self) -> bool:
@@ -198,6 +201,43 @@ def _check_api_version(version: object, where: str) -> None:
         )
 
 
+def _json_core_metadata(value: Any) -> str | None:
+    """PEP 691/714 `core-metadata`: true/false or a mapping of hash names to hex digests."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "true"
+    if not isinstance(value, dict):
+        raise ValueError("is neither a boolean nor an object")
+    digest = value.get("sha256")
+    if digest is None:
+        # Metadata is there, only not with a hash we can check.
+        return "true"
+    if not isinstance(digest, str) or not digest:
+        raise ValueError("has a sha256 that is not a string")
+    return f"sha256={digest.lower()}"
+
+
+def _html_core_metadata(anchor: Mapping[str, str | None]) -> str | None:
+    """PEP 658/714 `data-core-metadata`: "true" or "<hashname>=<hexdigest>"."""
+    # PEP 714 renamed the attribute; the old name is still read from indexes that predate it.
+    for key in ("data-core-metadata", "data-dist-info-metadata"):
+        if key in anchor:
+            value = (anchor[key] or "").strip()
+            break
+    else:
+        return None
+    if value.lower() == "true":
+        return "true"
+    algorithm, sep, digest = value.partition("=")
+    if not sep or not algorithm or not digest:
+        # Neither form PEP 658 allows; not trusted to mean the file exists.
+        return None
+    if algorithm.lower() == "sha256":
+        return f"sha256={digest.lower()}"
+    return "true"
+
+
 def parse_json_page(data: Any, page_url: str) -> tuple[DistFile, ...]:
     """Files of a PEP 691 JSON project page; relative URLs resolved against page_url."""
 
@@ -255,6 +295,12 @@ def parse_json_page(data: Any, page_url: str) -> tuple[DistFile, ...]:
         size = entry.get("size")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
             raise bad(f"{at}.size", "is not a non-negative integer")
+        # PEP 714: `core-metadata` wins; `dist-info-metadata` is the PEP 658 name older indexes use.
+        metadata_key = "core-metadata" if "core-metadata" in entry else "dist-info-metadata"
+        try:
+            core_metadata = _json_core_metadata(entry.get(metadata_key))
+        except ValueError as exc:
+            raise bad(f"{at}.{metadata_key}", str(exc)) from None
         files.append(
             DistFile(
                 filename=filename,
@@ -264,6 +310,7 @@ def parse_json_page(data: Any, page_url: str) -> tuple[DistFile, ...]:
                 yanked=yanked,
                 upload_time=upload_time,
                 size=size,
+                core_metadata=core_metadata,
             )
         )
     return tuple(files)
@@ -323,6 +370,7 @@ def parse_html_page(text: str, page_url: str) -> tuple[DistFile, ...]:
                 requires_python=anchor.get("data-requires-python") or None,
                 yanked=yanked,
                 upload_time=upload_time,
+                core_metadata=_html_core_metadata(anchor),
             )
         )
     return tuple(files)

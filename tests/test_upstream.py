@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ from bot.upstream import (
     Upstream,
     default_index_url,
     make_client,
+    parse_html_page,
+    parse_json_page,
     parse_pip_config_list,
     pip_config_list,
 )
@@ -671,3 +674,67 @@ def test_naive_offsets_and_timezones_normalise_to_utc() -> None:
     naive, offset = mock_upstream(handler).project("d").files
     assert naive.upload_time == datetime(2024, 1, 1, tzinfo=UTC)
     assert offset.upload_time == datetime(2024, 1, 1, 5, tzinfo=UTC)
+
+
+# --- PEP 658/714 core metadata ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, None),
+        ({"core-metadata": False}, None),
+        ({"core-metadata": True}, "true"),
+        ({"core-metadata": {}}, "true"),
+        ({"core-metadata": {"md5": "00"}}, "true"),
+        ({"core-metadata": {"sha256": "AB" * 32, "md5": "00"}}, "sha256=" + "ab" * 32),
+        # PEP 714: the PEP 658 key is still read, and loses to the new one.
+        ({"dist-info-metadata": {"sha256": "cd" * 32}}, "sha256=" + "cd" * 32),
+        ({"dist-info-metadata": True, "core-metadata": False}, None),
+        ({"dist-info-metadata": False, "core-metadata": True}, "true"),
+    ],
+)
+def test_json_core_metadata(fields: dict[str, object], expected: str | None) -> None:
+    entry = {"filename": "demo-1.0-py3-none-any.whl", "url": "demo-1.0-py3-none-any.whl"}
+    (dist,) = parse_json_page({"files": [{**entry, **fields}]}, "http://mirror.test/simple/demo/")
+    assert dist.core_metadata == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"core-metadata": "yes"}, "files[0].core-metadata is neither a boolean nor an object"),
+        ({"core-metadata": {"sha256": 1}}, "files[0].core-metadata has a sha256 that is not"),
+        ({"dist-info-metadata": []}, "files[0].dist-info-metadata is neither a boolean"),
+    ],
+)
+def test_json_core_metadata_invalid(fields: dict[str, object], expected: str) -> None:
+    entry = {"filename": "demo-1.0-py3-none-any.whl", "url": "demo-1.0-py3-none-any.whl", **fields}
+    with pytest.raises(UpstreamError, match=re.escape(expected)) as caught:
+        parse_json_page({"files": [entry]}, "http://mirror.test/simple/demo/")
+    assert_one_line(str(caught.value))
+
+
+@pytest.mark.parametrize(
+    ("attributes", "expected"),
+    [
+        ("", None),
+        (' data-core-metadata="true"', "true"),
+        (' data-core-metadata="sha256=EF01"', "sha256=ef01"),
+        (' data-core-metadata="sha512=00"', "true"),
+        (' data-dist-info-metadata="sha256=ab"', "sha256=ab"),
+        (' data-dist-info-metadata="true" data-core-metadata="sha256=cd"', "sha256=cd"),
+        (' data-core-metadata="false"', None),
+        (" data-core-metadata", None),
+    ],
+)
+def test_html_core_metadata(attributes: str, expected: str | None) -> None:
+    text = f'<a href="demo-1.0-py3-none-any.whl#sha256=00"{attributes}>demo</a>'
+    (dist,) = parse_html_page(text, "http://mirror.test/simple/demo/")
+    assert dist.core_metadata == expected
+
+
+def test_core_metadata_is_the_last_field_and_defaults_to_none() -> None:
+    dist = DistFile("demo-1.0.tar.gz", "http://mirror.test/d", None, None, None, None, None)
+    assert dist.core_metadata is None
+    assert [f.name for f in dataclasses.fields(DistFile)][-1] == "core_metadata"
