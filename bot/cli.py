@@ -46,6 +46,16 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
@@ -121,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv = commands.add_parser("serve", parents=[common], help="serve the index over HTTP")
     srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=8080)
+    srv.add_argument("--port", type=_port, default=8080)
     return parser
 
 
@@ -259,23 +269,30 @@ def cmd_review(args: argparse.Namespace, state: State) -> int:
         print(f"rejected {build.project} {build.version} as {args.handle}")
         return 0
     build = gate.approve(state, entry, args.version, args.handle)
-    print(f"approved {build.project} {build.version} as {args.handle}")
-    for done, files in gate.publish_approved(state):
-        print(f"published {done.project} {done.version}: {', '.join(f.filename for f in files)}")
-    return 0
+    print(f"approved {build.project} {build.version} ({build.commit[:12]}) as {args.handle}")
+    return _publish(args, state)
+
+
+def _publish(args: argparse.Namespace, state: State) -> int:
+    outcomes = gate.publish_approved(state, tick.upstream_filenames(_upstream(args)))
+    for outcome in outcomes:
+        print(outcome.line(), file=sys.stderr if outcome.error else sys.stdout)
+    return 1 if any(o.error for o in outcomes) else 0
 
 
 def cmd_index(args: argparse.Namespace, state: State) -> int:
-    for done, files in gate.publish_approved(state):
-        print(f"published {done.project} {done.version}: {', '.join(f.filename for f in files)}")
+    code = _publish(args, state)
     count = index.rebuild(state.index_dir)
     print(f"index: {count} projects at {state.index_dir / 'simple'}")
-    return 0
+    return code
 
 
 def cmd_serve(args: argparse.Namespace, state: State) -> int:
     index.rebuild(state.index_dir)
-    serve.serve(state.index_dir, args.host, args.port)
+    try:
+        serve.serve(state.index_dir, args.host, args.port)
+    except OSError as exc:
+        raise WheelstockError(f"cannot serve on {args.host}:{args.port}: {exc.strerror}") from exc
     return 0
 
 

@@ -41,7 +41,11 @@ class FeedstockError(WheelstockError):
     """A feedstock or its template is invalid."""
 
 
-class HashMismatch(WheelstockError):
+class SourceRefused(WheelstockError):
+    """The sdist a feedstock names is not the one upstream publishes; nothing is built."""
+
+
+class HashMismatch(SourceRefused):
     """A downloaded file's sha256 differs from the one it was published with."""
 
 

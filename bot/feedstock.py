@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
 from packaging.version import InvalidVersion, Version
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
@@ -69,19 +70,36 @@ class Feedstock:
         sha256 = text(source, "sha256", "source.sha256")
         if not SHA256_RE.match(sha256):
             raise FeedstockError(f"{where}: source.sha256 must be 64 lowercase hex digits")
+        filename = text(source, "filename", "source.filename")
+        _check_sdist_name(filename, text(data, "project", "project"), version, where)
+        url = text(source, "url", "source.url")
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise FeedstockError(f"{where}: source.url must be an http(s) URL")
         template = data.get("template", 0)
         if not isinstance(template, int):
             raise FeedstockError(f"{where}: template must be an integer")
         return cls(
             project=text(data, "project", "project"),
             version=version,
-            source=Source(
-                filename=text(source, "filename", "source.filename"),
-                url=text(source, "url", "source.url"),
-                sha256=sha256,
-            ),
+            source=Source(filename=filename, url=url, sha256=sha256),
             template=template,
         )
+
+
+def _check_sdist_name(filename: str, project: str, version: str, where: str) -> None:
+    """The sdist must be a bare filename of this project at this version.
+
+    The filename becomes a path on disk; a feedstock must never name another project's
+    files or reach outside its download directory (DESIGN, trust rules).
+    """
+    if "/" in filename or "\\" in filename or filename.startswith("."):
+        raise FeedstockError(f"{where}: source.filename must be a bare file name")
+    try:
+        name, parsed = parse_sdist_filename(filename)
+    except (InvalidSdistFilename, InvalidVersion) as exc:
+        raise FeedstockError(f"{where}: source.filename {filename!r} is not an sdist") from exc
+    if name != canonicalize_name(project) or parsed != Version(version):
+        raise FeedstockError(f"{where}: source.filename {filename!r} is not {project} {version}")
 
 
 def _yaml() -> YAML:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 
 from bot import index
-from bot.errors import GateError
+from bot.errors import GateError, PublishError, UpstreamError
 from bot.fsutil import atomic_write_text, sha256_file
 from bot.registry import Entry
 from bot.state import Build, State, now
@@ -50,6 +51,10 @@ def stage(
         files[wheel.name] = sha256_file(dest)
     record = {**provenance, "wheels": files, "staged_at": now(), "approver": None}
     atomic_write_text(build_dir / PROVENANCE, json.dumps(record, indent=2) + "\n")
+    # One build per version awaits review, so "approve PROJECT VERSION" names exactly one.
+    for older in state.builds(project=project, status="staged"):
+        if Version(older.version) == Version(version):
+            state.set_status(older, "superseded", reason=f"superseded by {commit[:12]}")
     return state.record_build(
         project=project,
         version=version,
@@ -150,12 +155,50 @@ def reject(state: State, entry: Entry, version: str, handle: str, reason: str) -
     return build
 
 
-def publish_approved(state: State) -> list[tuple[Build, list[index.IndexedFile]]]:
-    """Promote every approved build into the index; the gate is checked again first."""
-    done = []
+# What upstream serves for a project (filenames); the index never shadows those.
+UpstreamFiles = Callable[[str], Collection[str]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one approved build when the gate tried to promote it."""
+
+    build: Build
+    files: tuple[index.IndexedFile, ...] = ()
+    error: str | None = None
+
+    def line(self) -> str:
+        what = f"{self.build.project} {self.build.version}"
+        if self.error is not None:
+            return f"error: not published {what}: {self.error}"
+        return f"published {what}: {', '.join(f.filename for f in self.files)}"
+
+
+def publish_approved(state: State, upstream_files: UpstreamFiles | None = None) -> list[Outcome]:
+    """Promote every approved build into the index; the gate is checked again first.
+
+    A build the index refuses is marked refused with its reason and never blocks the others;
+    when upstream cannot be asked, the build stays approved for the next try.
+    """
+    outcomes = []
     for build in state.builds(status="approved"):
-        check_build(build)
-        files = index.publish(state.index_dir, build.project, [Path(w) for w in build.wheels])
+        wheels = [Path(w) for w in build.wheels]
+        try:
+            check_build(build)
+            if upstream_files is not None:
+                # A filename upstream serves is upstream's (DESIGN, trust rules): pip would
+                # see two files under one name with different bytes.
+                taken = set(upstream_files(build.project)) & {w.name for w in wheels}
+                if taken:
+                    raise PublishError(f"upstream already serves {', '.join(sorted(taken))}")
+            files = index.publish(state.index_dir, build.project, wheels)
+        except UpstreamError as exc:
+            outcomes.append(Outcome(build, error=f"upstream could not be asked: {exc}"))
+            continue
+        except (GateError, PublishError) as exc:
+            state.set_status(build, "refused", reason=str(exc))
+            outcomes.append(Outcome(build, error=str(exc)))
+            continue
         state.set_status(build, "published")
-        done.append((build, files))
-    return done
+        outcomes.append(Outcome(build, tuple(files)))
+    return outcomes

@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bot.errors import WheelstockError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS builds (
     id INTEGER PRIMARY KEY,
     project TEXT NOT NULL,
     version TEXT NOT NULL,
     commit_sha TEXT NOT NULL,
-    status TEXT NOT NULL,          -- failed | staged | approved | rejected | published
+    status TEXT NOT NULL,          -- see STATUSES
     reason TEXT,
     directory TEXT NOT NULL,       -- builds/<project>/<commit>: log, wheels, provenance
     wheels TEXT NOT NULL DEFAULT '[]',
@@ -27,7 +29,19 @@ CREATE TABLE IF NOT EXISTS builds (
 );
 """
 
-STATUSES = ("failed", "staged", "approved", "rejected", "published")
+# failed: the build or its source was refused; skipped: the version is already published;
+# staged -> approved -> published, or rejected; superseded: a newer build of the same version
+# was staged; refused: approved, but the index would not take it (the reason says why).
+STATUSES = (
+    "failed",
+    "skipped",
+    "staged",
+    "superseded",
+    "approved",
+    "rejected",
+    "published",
+    "refused",
+)
 
 
 def now() -> str:
@@ -58,10 +72,14 @@ class State:
     def __init__(self, root: Path):
         # Absolute, because git and the builder run in other working directories.
         self.root = root.resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.root / "state.db")
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.root / "state.db")
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise WheelstockError(f"state directory {root}: {reason}") from exc
 
     @property
     def forge_dir(self) -> Path:
@@ -136,7 +154,7 @@ class State:
         reason: str | None = None,
         wheels: tuple[str, ...] = (),
     ) -> Build:
-        assert status in ("failed", "staged")
+        assert status in ("failed", "skipped", "staged")
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO builds (project, version, commit_sha, status, reason, directory, "
@@ -162,7 +180,10 @@ class State:
         assert status in STATUSES
         with self.transaction() as db:
             if by is None:
-                db.execute("UPDATE builds SET status = ? WHERE id = ?", (status, build.id))
+                db.execute(
+                    "UPDATE builds SET status = ?, reason = COALESCE(?, reason) WHERE id = ?",
+                    (status, reason, build.id),
+                )
             else:
                 db.execute(
                     "UPDATE builds SET status = ?, decided_by = ?, decided_at = ?, "

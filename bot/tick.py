@@ -13,7 +13,7 @@ from packaging.version import Version
 
 from bot import __version__, feedstock, gate, registry
 from bot.builder import BuildResult, Runner, build_wheel, run_in_own_session
-from bot.errors import HashMismatch, WheelstockError
+from bot.errors import ProjectNotFound, SourceRefused, WheelstockError
 from bot.feedstock import FEEDSTOCK_FILE, Feedstock, Source
 from bot.forge import Forge
 from bot.fsutil import sha256_file
@@ -129,12 +129,23 @@ def fetch_and_build(
 ) -> BuildResult:
     """Download the feedstock's sdist, verify its sha256 before anything reads it, build it.
 
-    Raises HashMismatch when the bytes differ from the pinned hash; nothing is kept then.
+    The sdist must be one upstream publishes, with the hash upstream gives: a merged
+    feedstock.yaml cannot point the builder at other bytes (DESIGN, trust rules). Raises
+    SourceRefused (HashMismatch for other bytes) and keeps nothing then.
     """
+    page = upstream.project(fs.project)
+    served = next((f for f in page.files if f.filename == fs.source.filename), None)
+    if served is None:
+        raise SourceRefused(f"upstream does not serve {fs.source.filename}")
+    if served.sha256 != fs.source.sha256:
+        raise SourceRefused(
+            f"{fs.source.filename}: the feedstock pins sha256 {fs.source.sha256}, "
+            f"upstream publishes {served.sha256}"
+        )
     sdist = downloads / fs.source.filename
     downloads.mkdir(parents=True, exist_ok=True)
     if not (sdist.is_file() and sha256_file(sdist) == fs.source.sha256):
-        upstream.download(fs.source.url, sdist, fs.source.sha256)
+        upstream.download(served.url, sdist, fs.source.sha256)
     return build_wheel(sdist, out, project=fs.project, version=fs.version, runner=runner)
 
 
@@ -165,13 +176,29 @@ def build_head(bot: Bot, entry: Entry, commit: str, summary: Summary) -> None:
     # A feedstock publishes only its own project (DESIGN, trust rules).
     if canonicalize_name(fs.project) != entry.name:
         return fail(f"{where} names project {fs.project!r}, not {entry.name}")
+    # Published files never change, so a new head at a published version (a README edit,
+    # a template rerender) has nothing to build; recording it keeps the next tick quiet.
+    if any(
+        Version(b.version) == Version(fs.version)
+        for b in state.builds(project=entry.name, status="published")
+    ):
+        state.record_build(
+            project=entry.name,
+            version=fs.version,
+            commit=commit,
+            status="skipped",
+            directory=build_dir,
+            reason=f"{fs.version} is already published",
+        )
+        bot.echo(f"{entry.name} {fs.version} is already published; {commit[:12]} not rebuilt")
+        return None
 
     bot.echo(f"building {entry.name} {fs.version} from {fs.source.filename} ...")
     try:
         result = fetch_and_build(
             bot.upstream, fs, state.downloads_dir / entry.name, build_dir / "wheels", bot.runner
         )
-    except HashMismatch as exc:
+    except SourceRefused as exc:
         return fail(str(exc))
     if not result.ok:
         return fail(result.reason or "build failed", result.log)
@@ -217,12 +244,25 @@ def build_heads(bot: Bot, entries: tuple[Entry, ...], summary: Summary) -> None:
             bot.echo(f"error: {entry.name}: {exc}")
 
 
+def upstream_filenames(upstream: Upstream) -> gate.UpstreamFiles:
+    """What upstream serves for a project, for the gate's never-shadow-upstream rule."""
+
+    def filenames(project: str) -> set[str]:
+        try:
+            return {f.filename for f in upstream.project(project).files}
+        except ProjectNotFound:
+            return set()
+
+    return filenames
+
+
 def publish(bot: Bot, summary: Summary) -> None:
-    for build, files in gate.publish_approved(bot.state):
-        summary.published += 1
-        bot.echo(
-            f"published {build.project} {build.version}: {', '.join(f.filename for f in files)}"
-        )
+    for outcome in gate.publish_approved(bot.state, upstream_filenames(bot.upstream)):
+        if outcome.error is not None:
+            summary.errors.append(f"{outcome.build.project}: {outcome.error}")
+        else:
+            summary.published += 1
+        bot.echo(outcome.line())
 
 
 def load_registry(bot: Bot, summary: Summary) -> registry.Registry:

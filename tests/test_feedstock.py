@@ -88,3 +88,27 @@ def test_parse_names_the_bad_field(text: str, message: str) -> None:
 def test_template_without_version_file(tmp_path: Path) -> None:
     with pytest.raises(FeedstockError, match="not a feedstock template"):
         feedstock.template_version(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("filename", "message"),
+    [
+        ("../../index/files/demo/demo-6.6.6-py3-none-any.whl", "must be a bare file name"),
+        ("sub/demo-1.0.tar.gz", "must be a bare file name"),
+        (".demo-1.0.tar.gz", "must be a bare file name"),
+        ("demo-1.0-py3-none-any.whl", "is not an sdist"),
+        ("other-1.0.tar.gz", "is not demo 1.0"),
+        ("demo-2.0.tar.gz", "is not demo 1.0"),
+    ],
+)
+def test_source_filename_must_be_this_projects_sdist(filename: str, message: str) -> None:
+    # A merged feedstock.yaml is input from volunteers: its filename becomes a path on disk.
+    text = render()["feedstock.yaml"].replace("demo-1.0.tar.gz", filename, 1)
+    with pytest.raises(FeedstockError, match=message):
+        feedstock.parse(text)
+
+
+def test_source_url_must_be_http() -> None:
+    text = render()["feedstock.yaml"].replace("http://127.0.0.1:1/", "file:///etc/", 1)
+    with pytest.raises(FeedstockError, match="source.url must be an http"):
+        feedstock.parse(text)

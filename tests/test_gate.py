@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot import gate
-from bot.errors import GateError
+from bot.errors import GateError, UpstreamUnavailable
 from bot.fsutil import sha256_file
 from bot.registry import Entry
 from bot.state import State
@@ -26,18 +26,31 @@ def state(tmp_path: Path) -> Iterator[State]:
     state.close()
 
 
-def staged(state: State, tmp_path: Path, name: str, version: str, *, claims: str = "1.0") -> Path:
-    """Stage a real wheel of NAME VERSION as the build of demo at CLAIMS."""
-    wheel = make_wheel(
-        make_project(tmp_path / "src", name, version), tmp_path / "out" / name / version
-    )
-    build_dir = state.builds_dir / "demo" / f"{version}{name}"
+def staged(
+    state: State,
+    tmp_path: Path,
+    name: str,
+    version: str,
+    *,
+    claims: str = "1.0",
+    project: str = "demo",
+    commit: str | None = None,
+    extra: str = "",
+) -> Path:
+    """Stage a real wheel of NAME VERSION as the build of PROJECT at CLAIMS, from COMMIT."""
+    commit = commit or f"{name}{version}".ljust(40, "0")
+    work = tmp_path / "work" / commit
+    source = make_project(work / "src", name, version)
+    if extra:  # other bytes in the wheel under the same filename
+        (source / name / "__init__.py").write_text(extra)
+    wheel = make_wheel(source, work / "out")
+    build_dir = state.builds_dir / project / commit[:12]
     build_dir.mkdir(parents=True)
     build = gate.stage(
         state,
-        project="demo",
+        project=project,
         version=claims,
-        commit=f"{name}{version}".ljust(40, "0"),
+        commit=commit,
         build_dir=build_dir,
         wheels=[wheel],
         provenance={"sdist": {"sha256": "0" * 64}},
@@ -52,8 +65,8 @@ def test_listed_maintainer_approves_and_publish_promotes(state: State, tmp_path:
     assert after.status == "approved" and after.decided_by == "ALICE"
     record = json.loads((build.directory / gate.PROVENANCE).read_text())
     assert record["approver"] == "ALICE" and record["wheels"][wheel.name] == sha256_file(wheel)
-    ((_, files),) = gate.publish_approved(state)
-    assert [f.filename for f in files] == [wheel.name]
+    (outcome,) = gate.publish_approved(state)
+    assert outcome.error is None and [f.filename for f in outcome.files] == [wheel.name]
     assert (state.index_dir / "files" / "demo" / wheel.name).read_bytes() == wheel.read_bytes()
     assert state.builds()[0].status == "published"
     assert gate.publish_approved(state) == []
@@ -102,3 +115,58 @@ def test_reject_needs_reason_and_unknown_build(state: State, tmp_path: Path) -> 
     gate.reject(state, ENTRY, "1.0", "alice", "broken on 3.13")
     (build,) = state.builds()
     assert (build.status, build.reason) == ("rejected", "broken on 3.13")
+
+
+def test_a_newer_build_of_the_same_version_supersedes_the_staged_one(
+    state: State, tmp_path: Path
+) -> None:
+    staged(state, tmp_path, "demo", "1.0", commit="a" * 40)
+    staged(state, tmp_path, "demo", "1.0", commit="b" * 40)
+    assert [(b.commit[0], b.status) for b in state.builds()] == [
+        ("a", "superseded"),
+        ("b", "staged"),
+    ]
+    assert gate.approve(state, ENTRY, "1.0", "alice").commit == "b" * 40
+
+
+def test_a_refused_build_does_not_block_the_others(state: State, tmp_path: Path) -> None:
+    staged(state, tmp_path, "demo", "1.0", commit="a" * 40)
+    gate.approve(state, ENTRY, "1.0", "alice")
+    assert gate.publish_approved(state)[0].error is None
+    # The same filename built again from another commit has other bytes: never republished.
+    staged(state, tmp_path, "demo", "1.0", commit="b" * 40, extra="CHANGED = True\n")
+    other = Entry("other", ("bob",), "https://example.org/o/1", Path("registry/other.yaml"))
+    staged(state, tmp_path, "other", "2.0", claims="2.0", project="other", commit="c" * 40)
+    gate.approve(state, ENTRY, "1.0", "alice")
+    gate.approve(state, other, "2.0", "bob")
+    outcomes = {o.build.project: o for o in gate.publish_approved(state)}
+    assert outcomes["demo"].error is not None and "other content" in outcomes["demo"].error
+    assert outcomes["other"].error is None
+    statuses = {(b.project, b.commit[0]): (b.status, b.reason) for b in state.builds()}
+    assert statuses[("demo", "b")][0] == "refused" and "other content" in str(
+        statuses[("demo", "b")][1]
+    )
+    assert statuses[("other", "c")][0] == "published"
+    assert gate.publish_approved(state) == []  # nothing stuck in approved
+
+
+def test_never_publishes_a_filename_upstream_serves(state: State, tmp_path: Path) -> None:
+    wheel = staged(state, tmp_path, "demo", "1.0")
+    gate.approve(state, ENTRY, "1.0", "alice")
+    (outcome,) = gate.publish_approved(state, lambda project: {wheel.name, "demo-1.0.tar.gz"})
+    assert outcome.error == f"upstream already serves {wheel.name}"
+    assert state.builds()[0].status == "refused"
+    assert not (state.index_dir / "files" / "demo" / wheel.name).exists()
+
+
+def test_upstream_down_leaves_the_build_approved(state: State, tmp_path: Path) -> None:
+    staged(state, tmp_path, "demo", "1.0")
+    gate.approve(state, ENTRY, "1.0", "alice")
+
+    def down(project: str) -> set[str]:
+        raise UpstreamUnavailable("upstream http://127.0.0.1:1/simple/ unreachable")
+
+    (outcome,) = gate.publish_approved(state, down)
+    assert outcome.error is not None and "could not be asked" in outcome.error
+    assert state.builds()[0].status == "approved"
+    assert gate.publish_approved(state, lambda project: set())[0].error is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from bot import feedstock
+from bot.cli import main
+from bot.forge.local import LocalForge
 from bot.state import State
 
 from conftest import TEMPLATE, Workspace
@@ -43,9 +47,8 @@ def test_project_unknown_upstream(workspace: Workspace) -> None:
     result = workspace.run("tick")
     assert result.code == 1
     line = one_error_line(result.out)
-    assert line == f"error: ghost: project 'ghost' not found at {workspace.upstream.url}" or (
-        "ghost" in line and "not found" in line
-    )
+    assert line.startswith("error: ghost: ") and "'ghost' not found" in line
+    assert workspace.upstream.url in line
     assert not (workspace.state / "forge" / "repos" / "ghost-feedstock.git").exists()
 
 
@@ -124,15 +127,55 @@ def test_approval_by_unlisted_handle_is_refused(workspace: Workspace, tmp_path: 
     assert again.code == 1 and "no staged build of demo 1.0" in again.err
 
 
-def test_bad_commands_give_one_line(workspace: Workspace) -> None:
-    for args in (
-        ("pr", "merge", "7"),
-        ("pr", "show", "1"),
-        ("review", "approve", "x", "1", "--as", "a"),
-    ):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("pr", "merge", "7"), "error: no pull request #7"),
+        (("pr", "show", "1"), "error: no pull request #1"),
+        (("review", "approve", "x", "1", "--as", "a"), "error: project 'x' is not enrolled"),
+        (("review", "approve", "demo", "1", "--as", "alice"), "error: no staged build of demo 1"),
+        (("review", "approve", "demo", "one", "--as", "alice"), "error: 'one' is not a valid"),
+    ],
+)
+def test_bad_commands_give_one_line(
+    workspace: Workspace, args: tuple[str, ...], message: str
+) -> None:
+    workspace.enrol("demo", "alice")
+    result = workspace.run(*args)
+    assert result.code == 1, args
+    assert result.err.startswith(message) and result.err.count("\n") == 1, result.err
+
+
+def test_broken_state_and_records_give_one_line(workspace: Workspace, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "statefile"
+    not_a_dir.write_text("x")
+    code = main(["review", "list", "--state-dir", str(not_a_dir)])
+    assert code == 1
+    workspace.state.mkdir()
+    (workspace.state / "state.db").write_text("not a database, just text" * 100)
+    result = workspace.run("review", "list")
+    assert result.code == 1 and result.err.startswith(f"error: state directory {workspace.state}")
+    (workspace.state / "state.db").unlink()
+    pulls = workspace.state / "forge" / "pulls"
+    pulls.mkdir(parents=True)
+    (pulls / "000001.json").write_text("{not json")
+    for args in (("pr", "list"), ("pr", "show", "1")):
         result = workspace.run(*args)
-        assert result.code == 1, args
-        assert result.err.startswith("error: ") and result.err.count("\n") == 1, result.err
+        assert result.code == 1
+        assert result.err == f"error: {pulls / '000001.json'}: not a readable pull request record\n"
+
+
+def test_serve_on_a_taken_port(workspace: Workspace) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = str(sock.getsockname()[1])
+        result = workspace.run("serve", "--port", port)
+    assert result.code == 1
+    assert result.err.startswith(f"error: cannot serve on 127.0.0.1:{port}: ")
+    with pytest.raises(SystemExit) as exit_info:
+        workspace.run("serve", "--port", "99999")
+    assert exit_info.value.code == 2  # argparse's usage error, one line on stderr
 
 
 def test_console_entry_points(tmp_path: Path) -> None:
@@ -191,13 +234,71 @@ def test_tick_with_default_relative_state_dir(workspace: Workspace, tmp_path: Pa
         "project: demo\nmaintainers: [alice]\nconsent: https://example.org/demo/1\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "WHEELSTOCK_STATE_DIR"}
-    env["PIP_INDEX_URL"] = workspace.upstream.url  # the default upstream: pip's configured index
+    # --upstream, not PIP_INDEX_URL: that would also steer the build backend's own install.
     script = Path(sys.executable).parent / "wheelstock"
     done = subprocess.run(
-        [str(script), "tick"], cwd=checkout, env=env, capture_output=True, text=True
+        [str(script), "tick", "--upstream", workspace.upstream.url],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"upstream: {workspace.upstream.url}" in done.stdout
     assert "created demo-feedstock at 1.0" in done.stdout and "1 built" in done.stdout
     assert (checkout / ".wheelstock" / "forge" / "repos" / "demo-feedstock.git").is_dir()
     assert (checkout / ".wheelstock" / "state.db").is_file()
+
+
+def merge_a_change(workspace: Workspace, text: str) -> None:
+    """A volunteer merges a PR that edits feedstock.yaml as given."""
+    forge = LocalForge(workspace.state / "forge")
+    branch = f"edit-{len(forge.pull_requests()) + 1}"
+    forge.push_change("demo", branch, {"feedstock.yaml": text}, "edit")
+    number = forge.open_pr("demo", branch, "edit", "").number
+    assert workspace.run("pr", "merge", str(number)).code == 0
+
+
+@pytest.mark.slow
+def test_merged_feedstock_cannot_point_at_other_bytes(workspace: Workspace, tmp_path: Path) -> None:
+    workspace.upstream.add_file("demo", fixture_sdist(tmp_path, "demo", "1.0"))
+    workspace.enrol("demo", "alice")
+    assert workspace.run("tick").code == 0
+    forge = LocalForge(workspace.state / "forge")
+    text = forge.read_file("demo", "feedstock.yaml")
+    current = feedstock.parse(text)
+    # A look-alike sdist hosted elsewhere, with its own (correct) hash pinned.
+    evil = tmp_path / "evil" / "demo-1.0.tar.gz"
+    evil.parent.mkdir()
+    evil.write_bytes(b"look-alike")
+    evil_sha = hashlib.sha256(b"look-alike").hexdigest()
+    merge_a_change(
+        workspace,
+        text.replace(current.source.sha256, evil_sha).replace(
+            current.source.url, "http://127.0.0.1:1/mirror/demo-1.0.tar.gz"
+        ),
+    )
+    result = workspace.run("tick")
+    assert result.code == 1
+    assert (
+        f"build of demo 1.0 failed: demo-1.0.tar.gz: the feedstock pins sha256 {evil_sha}, "
+        f"upstream publishes {current.source.sha256}" in result.out
+    )
+    # A filename upstream never published is refused the same way.
+    merge_a_change(workspace, text.replace("demo-1.0.tar.gz", "demo-1.0.zip"))
+    assert "failed: upstream does not serve demo-1.0.zip" in workspace.run("tick").out
+    assert "demo 1.0  staged" in workspace.run("review", "list").out  # only the first build
+
+
+@pytest.mark.slow
+def test_a_published_version_is_not_rebuilt(workspace: Workspace, tmp_path: Path) -> None:
+    workspace.upstream.add_file("demo", fixture_sdist(tmp_path, "demo", "1.0"))
+    workspace.enrol("demo", "alice")
+    assert workspace.run("tick").code == 0
+    assert workspace.run("review", "approve", "demo", "1.0", "--as", "alice").code == 0
+    forge = LocalForge(workspace.state / "forge")
+    merge_a_change(workspace, forge.read_file("demo", "feedstock.yaml") + "# a comment\n")
+    result = workspace.run("tick")
+    assert result.code == 0
+    assert "demo 1.0 is already published;" in result.out and "0 built" in result.out
+    assert "0 built" in workspace.run("tick").out
