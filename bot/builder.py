@@ -6,6 +6,7 @@ import calendar
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,11 +31,29 @@ Runner = Callable[..., subprocess.CompletedProcess[str]]
 BUILDER = f"wheelstock {__version__}"
 
 # Variables the build may see (Trust rules: no credentials, scrubbed environment). PIP_* and UV_*
-# pass too, by prefix, because the isolated environment's installer needs the configured index.
+# pass too, by prefix, because the isolated environment's installer needs the configured index,
+# but never one that carries or finds credentials (_is_withheld), and URLs lose their userinfo.
 _PASSED_VARIABLES = frozenset(
     {"PATH", "LANG", "LC_ALL", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE"}
 )
 _PASSED_PREFIXES = ("PIP_", "UV_")
+_CREDENTIAL_WORDS = (
+    "TOKEN",
+    "PASSWORD",
+    "USERNAME",
+    "AUTH",
+    "KEYRING",
+    "CREDENTIAL",
+    "SECRET",
+    "CLIENT_CERT",
+)
+# Configuration files may hold credentials (and name the operator's real HOME); publishing
+# settings say nothing about where packages come from.
+_WITHHELD_VARIABLES = frozenset({"PIP_CONFIG_FILE", "UV_CONFIG_FILE"})
+_WITHHELD_PREFIXES = ("UV_PUBLISH_",)
+# The authority of every URL in a value: after "scheme://", up to the path, query, fragment or
+# the whitespace that separates list items.
+_URL_AUTHORITY = re.compile(r"(?<=://)[^/?#\s]*")
 
 # ZIP (and so every wheel) cannot store times before 1980; backends fail on an earlier
 # SOURCE_DATE_EPOCH, so it is clamped to this.
@@ -307,16 +326,19 @@ def _source_dir(src_root: Path) -> Path:
 def _scrubbed_env(
     environ: Mapping[str, str], *, home: Path, tmp: Path, epoch: int
 ) -> dict[str, str]:
-    env = {
-        k: v for k, v in environ.items() if k in _PASSED_VARIABLES or k.startswith(_PASSED_PREFIXES)
-    }
+    env = {k: v for k, v in environ.items() if k in _PASSED_VARIABLES}
+    for key, value in environ.items():
+        if key.startswith(_PASSED_PREFIXES) and not _is_withheld(key):
+            if key == "PIP_PROXY" and "://" not in value:
+                # pip also takes a proxy as [user:passwd@]host:port, with no scheme.
+                env[key] = _without_userinfo("proxy://" + value).removeprefix("proxy://")
+            else:
+                env[key] = _without_userinfo(value)
     env.setdefault("PATH", os.defpath)
-    # HOME moves, so pip would no longer find the user's pip.conf (where this machine's index may
-    # be configured); point PIP_CONFIG_FILE at it. The build could read that file anyway.
-    if "PIP_CONFIG_FILE" not in env:
-        user_config = _user_pip_config(environ)
-        if user_config is not None:
-            env["PIP_CONFIG_FILE"] = str(user_config)
+    # HOME moves, so pip no longer finds the user's pip.conf, and PIP_CONFIG_FILE is withheld:
+    # user-level pip configuration is deliberately not given to untrusted builds (it may hold
+    # credentials). The machine-wide configuration (/etc/pip.conf, /etc/xdg/pip/pip.conf) is still
+    # read by pip, and PIP_* variables still pass, so an index configured there still applies.
     env["HOME"] = str(home)
     env["TMPDIR"] = str(tmp)
     # An operator's SOURCE_DATE_EPOCH wins; otherwise the sdist's newest file time, so the same
@@ -327,14 +349,23 @@ def _scrubbed_env(
     return env
 
 
-def _user_pip_config(environ: Mapping[str, str]) -> Path | None:
-    home = environ.get("HOME")
-    candidates = []
-    if environ.get("XDG_CONFIG_HOME"):
-        candidates.append(Path(environ["XDG_CONFIG_HOME"]) / "pip" / "pip.conf")
-    if home:
-        candidates += [Path(home, ".config", "pip", "pip.conf"), Path(home, ".pip", "pip.conf")]
-    return next((c for c in candidates if c.is_file()), None)
+def _is_withheld(name: str) -> bool:
+    upper = name.upper()
+    return (
+        upper in _WITHHELD_VARIABLES
+        or upper.startswith(_WITHHELD_PREFIXES)
+        or any(word in upper for word in _CREDENTIAL_WORDS)
+    )
+
+
+def _without_userinfo(value: str) -> str:
+    """`value` with the user:password@ part of every URL in it removed.
+
+    Works on single URLs and on lists (space- or comma-separated, `name=url` items) alike, since
+    every URL's authority starts after "://". Everything up to the authority's last "@" goes, so a
+    raw "@" in a password takes the rest of it along.
+    """
+    return _URL_AUTHORITY.sub(lambda m: m.group().rpartition("@")[2], value)
 
 
 def _check_wheel(wheel: Path, name: str, version: Version) -> None:

@@ -471,6 +471,7 @@ def test_environment_is_scrubbed(tmp_path: Path, work: Path) -> None:
         "PYTHONPATH": "/somewhere",
         "PIP_INDEX_URL": "https://index.invalid/simple/",
         "UV_INDEX_URL": "https://index.invalid/simple/",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "LANG": "C.UTF-8",
         "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
     }
@@ -482,11 +483,13 @@ def test_environment_is_scrubbed(tmp_path: Path, work: Path) -> None:
         "SSL_CERT_FILE",
         "PIP_INDEX_URL",
         "UV_INDEX_URL",
+        "PIP_DISABLE_PIP_VERSION_CHECK",
         "HOME",
         "TMPDIR",
         "SOURCE_DATE_EPOCH",
     }
     assert env["PIP_INDEX_URL"] == "https://index.invalid/simple/"
+    assert env["PIP_DISABLE_PIP_VERSION_CHECK"] == "1"
     # HOME and TMPDIR are fresh directories inside the (now removed) temporary tree.
     for key in ("HOME", "TMPDIR"):
         assert env[key] != environ["HOME"]
@@ -499,6 +502,69 @@ def test_environment_is_scrubbed(tmp_path: Path, work: Path) -> None:
     assert_cleaned(work)
 
 
+CREDENTIAL_VARIABLES = {
+    "UV_PUBLISH_TOKEN": "pypi-AgEtoken",
+    "UV_PUBLISH_PASSWORD": "pw-publish",
+    "UV_PUBLISH_USERNAME": "publisher",
+    "UV_INDEX_PRIVATE_PASSWORD": "pw-index",
+    "UV_INDEX_PRIVATE_USERNAME": "index-user",
+    "UV_KEYRING_PROVIDER": "subprocess",
+    "PIP_KEYRING_PROVIDER": "import",
+    "PIP_CLIENT_CERT": "/home/operator/client.pem",
+    "UV_GITHUB_TOKEN": "ghp_y",
+    "PIP_AUTH_HEADER": "Bearer abc",
+    "PIP_SECRET": "hush",
+    "UV_CREDENTIALS_FILE": "/home/operator/creds",
+    "pip_token": "lower-case-token",
+}
+
+
+def test_credential_variables_never_reach_the_build(tmp_path: Path, work: Path) -> None:
+    environ = {"PATH": os.defpath, "UV_INDEX_URL": "https://index.invalid/simple/"}
+    environ.update(CREDENTIAL_VARIABLES)
+    result, env, _ = run_recorded(tmp_path, work, environ)
+    assert not set(CREDENTIAL_VARIABLES) & set(env)
+    assert not set(CREDENTIAL_VARIABLES.values()) & set(env.values())
+    assert env["UV_INDEX_URL"] == "https://index.invalid/simple/"
+    for name in CREDENTIAL_VARIABLES:
+        assert name not in result.log
+
+
+def test_userinfo_is_stripped_from_index_urls(tmp_path: Path, work: Path) -> None:
+    environ = {
+        "PATH": os.defpath,
+        "PIP_INDEX_URL": "https://user:s3cret@index.invalid/simple/",
+        "PIP_EXTRA_INDEX_URL": (
+            "https://a.invalid/simple/  https://tok3n@b.invalid/simple/\thttp://u:p%40ss@c.invalid"
+        ),
+        "PIP_FIND_LINKS": "file:///srv/w https://x:y@links.invalid/a//b@c/?q=a@b",
+        "UV_INDEX": "private=https://name:pw-in-uv@private.invalid/simple/",
+        "UV_DEFAULT_INDEX": "https://only-user@default.invalid/simple/",
+        "UV_FIND_LINKS": "https://one.invalid,https://k:v@two.invalid/w/,https://g:h@3.invalid",
+        # A raw "@" in the password: everything up to the last "@" of the authority goes.
+        "UV_EXTRA_INDEX_URL": "https://user:p@ss@extra.invalid/simple/",
+        "PIP_PROXY": "proxy-user:proxy-pw@proxy.invalid:3128",
+        "PIP_TRUSTED_HOST": "index.invalid",
+    }
+    _, env, _ = run_recorded(tmp_path, work, environ)
+    assert env["PIP_INDEX_URL"] == "https://index.invalid/simple/"
+    assert env["PIP_EXTRA_INDEX_URL"] == (
+        "https://a.invalid/simple/  https://b.invalid/simple/\thttp://c.invalid"
+    )
+    # Only the authority is userinfo; an "@" further on is the URL's own.
+    assert env["PIP_FIND_LINKS"] == "file:///srv/w https://links.invalid/a//b@c/?q=a@b"
+    assert env["UV_INDEX"] == "private=https://private.invalid/simple/"
+    assert env["UV_DEFAULT_INDEX"] == "https://default.invalid/simple/"
+    assert env["UV_FIND_LINKS"] == "https://one.invalid,https://two.invalid/w/,https://3.invalid"
+    assert env["UV_EXTRA_INDEX_URL"] == "https://extra.invalid/simple/"
+    # pip's scheme-less proxy form, [user:passwd@]host:port, loses its userinfo too.
+    assert env["PIP_PROXY"] == "proxy.invalid:3128"
+    assert env["PIP_TRUSTED_HOST"] == "index.invalid"
+    secrets = ("s3cret", "tok3n", "p%40ss", "x:y", "pw-in-uv", "only-user", "k:v", "g:h", "p@ss")
+    for secret in (*secrets, "proxy-pw"):
+        assert not [v for v in env.values() if secret in v], secret
+
+
 def test_operator_source_date_epoch_wins_and_is_clamped_to_zip_range(
     tmp_path: Path, work: Path
 ) -> None:
@@ -506,14 +572,27 @@ def test_operator_source_date_epoch_wins_and_is_clamped_to_zip_range(
     assert env["SOURCE_DATE_EPOCH"] == "315532800"
 
 
-def test_user_pip_config_follows_the_moved_home(tmp_path: Path, work: Path) -> None:
+def test_pip_and_uv_config_files_are_not_given_to_the_build(tmp_path: Path, work: Path) -> None:
+    # User-level configuration may hold credentials and reveals the real HOME; neither the
+    # moved HOME's absence nor an explicit PIP_CONFIG_FILE brings it back.
     home = tmp_path / "home"
     config = home / ".config" / "pip" / "pip.conf"
     config.parent.mkdir(parents=True)
-    config.write_text("[global]\nextra-index-url = file:///srv/simple\n")
+    config.write_text("[global]\nindex-url = https://user:s3cret@index.invalid/simple/\n")
     _, env, _ = run_recorded(tmp_path, work, {"PATH": os.defpath, "HOME": str(home)})
-    assert env["PIP_CONFIG_FILE"] == str(config)
+    assert "PIP_CONFIG_FILE" not in env
     assert env["HOME"] != str(home)
+
+    explicit = {
+        "PATH": os.defpath,
+        "HOME": str(home),
+        "PIP_CONFIG_FILE": str(config),
+        "UV_CONFIG_FILE": str(home / "uv.toml"),
+    }
+    (tmp_path / "again").mkdir()
+    _, env, _ = run_recorded(tmp_path / "again", work, explicit)
+    assert "PIP_CONFIG_FILE" not in env and "UV_CONFIG_FILE" not in env
+    assert not [v for v in env.values() if str(home) in v]
 
 
 def test_probe_reports_missing_build_frontend(tmp_path: Path, work: Path) -> None:
