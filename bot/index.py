@@ -194,28 +194,63 @@ def project_files(root: Path, project: str) -> list[IndexedFile]:
 
 
 def rebuild(root: Path) -> int:
-    """Rewrite every page from files/ and the per-project JSON; returns the number of projects."""
+    """Rewrite every page from the per-project JSON; returns the number of projects.
+
+    simple/<name>/index.json, written only by `publish`, is the source of truth: a file in
+    files/ that no index.json records is never listed (nothing reaches the index unless it was
+    published, DESIGN "Trust rules"). Such files are left alone; `stray_files` reports them.
+    """
     with _locked(root):
-        names: set[NormalizedName] = set()
-        for parent in (root / "files", root / "simple"):
-            if not parent.is_dir():
-                continue
-            for child in parent.iterdir():
-                if not child.is_dir() or child.name.startswith("."):
-                    continue
-                if not _VALID_NAME.match(child.name) or canonicalize_name(child.name) != child.name:
-                    raise PublishError(
-                        f"{parent.name}/{child.name} is not a normalized project name"
-                    )
-                names.add(canonicalize_name(child.name))
+        names = _recorded_projects(root)
         # Plan every project before writing any, so a bad file leaves the tree as it was.
-        plans = {name: _plan_rebuild(root, name) for name in sorted(names)}
+        plans = {name: _plan_rebuild(root, name) for name in names}
         for name, (entries, metadata_files) in plans.items():
             for path, data in metadata_files:
                 _write_if_changed(path, data)
             _write_project_pages(root, name, entries)
         _write_root_pages(root)
     return len(plans)
+
+
+def stray_files(root: Path) -> list[Path]:
+    """Files under files/ that no project's index.json records (nor their .metadata), sorted.
+
+    They are never listed by `rebuild` or served as part of the index pages; this only reports
+    them. Dot-files (temporary files of an interrupted write) are not counted.
+    """
+    files = root / "files"
+    if not files.is_dir():
+        return []
+    with _locked(root):
+        recorded: set[Path] = set()
+        for name in _recorded_projects(root):
+            for entry in project_files(root, name):
+                path = files / name / entry.filename
+                recorded.update((path, _metadata_path(path)))
+        found = [
+            path
+            for path in files.rglob("*")
+            if not any(part.startswith(".") for part in path.relative_to(files).parts)
+            and (path.is_file() or path.is_symlink())
+            and path not in recorded
+        ]
+    return sorted(found)
+
+
+def _recorded_projects(root: Path) -> list[NormalizedName]:
+    """Projects with a simple/<name>/index.json, sorted; a non-normalized name is an error."""
+    simple = root / "simple"
+    names: list[NormalizedName] = []
+    if not simple.is_dir():
+        return names
+    for child in simple.iterdir():
+        if not child.is_dir() or child.name.startswith("."):
+            continue
+        if not _VALID_NAME.match(child.name) or canonicalize_name(child.name) != child.name:
+            raise PublishError(f"simple/{child.name} is not a normalized project name")
+        if (child / "index.json").is_file():
+            names.append(canonicalize_name(child.name))
+    return sorted(names)
 
 
 def format_upload_time(moment: datetime) -> str:
@@ -228,32 +263,22 @@ def format_upload_time(moment: datetime) -> str:
 def _plan_rebuild(
     root: Path, name: NormalizedName
 ) -> tuple[list[IndexedFile], list[tuple[Path, bytes]]]:
-    """Work out one project's entries and metadata files without writing anything."""
-    listed = {entry.filename: entry for entry in project_files(root, name)}
+    """Check one project's recorded files and work out its entries without writing anything."""
     files_dir = root / "files" / name
     entries: list[IndexedFile] = []
     metadata_files: list[tuple[Path, bytes]] = []
-    wheels = sorted(files_dir.glob("*.whl")) if files_dir.is_dir() else []
-    for path in wheels:
-        if path.name.startswith(".") or not path.is_file():
-            continue  # a temp file of an interrupted write, never a published file
+    for known in project_files(root, name):
+        filename = known.filename
+        if "/" in filename or "\\" in filename or filename.startswith("."):
+            raise PublishError(f"simple/{name}/index.json lists {filename!r}: not a bare file name")
+        path = files_dir / filename
+        if not path.is_file():
+            raise PublishError(f"files/{name}/{filename} is listed but missing")
         wheel = _inspect_wheel(path, name)
-        known = listed.get(wheel.filename)
-        if known is not None and known.sha256 != wheel.sha256:
-            raise PublishError(f"files/{name}/{wheel.filename} differs from its listed sha256")
+        if known.sha256 != wheel.sha256:
+            raise PublishError(f"files/{name}/{filename} differs from its listed sha256")
         metadata_sha256 = _sha256_bytes(wheel.metadata)
-        if known is None:
-            # Never listed (e.g. copied in by hand): the file's own age is the best upload time.
-            mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-            known = IndexedFile(
-                wheel.filename,
-                wheel.sha256,
-                wheel.size,
-                wheel.requires_python,
-                format_upload_time(mtime),
-                metadata_sha256,
-            )
-        elif known.metadata_sha256 != metadata_sha256:
+        if known.metadata_sha256 != metadata_sha256:
             known = IndexedFile(
                 known.filename,
                 known.sha256,
@@ -510,4 +535,5 @@ __all__ = [
     "project_files",
     "publish",
     "rebuild",
+    "stray_files",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -14,7 +13,7 @@ from urllib.parse import urljoin
 import pytest
 
 from bot.errors import PublishError
-from bot.index import IndexedFile, project_files, publish, rebuild
+from bot.index import IndexedFile, project_files, publish, rebuild, stray_files
 
 from projects import assemble_wheel
 
@@ -295,27 +294,85 @@ def test_rebuild_reproduces_the_same_bytes(root: Path, wheels: Path) -> None:
     assert snapshot(root) == before
 
 
-def test_rebuild_keeps_yanks_and_lists_files_copied_in_by_hand(root: Path, wheels: Path) -> None:
+def test_rebuild_keeps_yanks(root: Path, wheels: Path) -> None:
     publish(root, "demo", [assemble_wheel(wheels, "demo", "1.0")], now=NOW)
+    publish(root, "demo", [assemble_wheel(wheels, "demo", "2.0")], now=LATER)
     page_path = root / "simple" / "demo" / "index.json"
     page = json.loads(page_path.read_text("utf-8"))
     page["files"][0]["yanked"] = "broken <build>"
     page_path.write_text(json.dumps(page), "utf-8")
-    extra = assemble_wheel(wheels, "demo", "2.0")
-    (root / "files" / "demo" / extra.name).write_bytes(extra.read_bytes())
-    os.utime(root / "files" / "demo" / extra.name, (0, LATER.timestamp()))
 
     assert rebuild(root) == 1
 
     entries = {e.filename: e for e in project_files(root, "demo")}
     assert entries["demo-1.0-py3-none-any.whl"].yanked == "broken <build>"
-    assert entries[extra.name].upload_time == "2024-06-01T08:30:15.250000Z"
-    assert (root / "files" / "demo" / f"{extra.name}.metadata").is_file()
+    assert entries["demo-2.0-py3-none-any.whl"].upload_time == "2024-06-01T08:30:15.250000Z"
     html_text = (root / "simple" / "demo" / "index.html").read_text("utf-8")
     assert 'data-yanked="broken &lt;build&gt;"' in html_text
     rebuilt = json.loads(page_path.read_text("utf-8"))
     assert rebuilt["versions"] == ["1.0", "2.0"]
     assert "yanked" not in rebuilt["files"][1]
+
+
+def test_rebuild_never_lists_files_copied_in_by_hand(root: Path, wheels: Path) -> None:
+    # index.json, written only by publish, is the source of truth: a wheel nobody approved does
+    # not reach the pages by being put into files/, even for a project with no page at all.
+    publish(root, "demo", [assemble_wheel(wheels, "demo", "1.0")], now=NOW)
+    assert stray_files(root) == []
+    extra = assemble_wheel(wheels, "demo", "2.0")
+    stray = root / "files" / "demo" / extra.name
+    stray.write_bytes(extra.read_bytes())
+    stray_metadata = root / "files" / "demo" / "demo-3.0-py3-none-any.whl.metadata"
+    stray_metadata.write_bytes(b"Metadata-Version: 2.1\nName: demo\nVersion: 3.0\n")
+    other = assemble_wheel(wheels, "other", "1.0")
+    unlisted_project = root / "files" / "other" / other.name
+    unlisted_project.parent.mkdir()
+    unlisted_project.write_bytes(other.read_bytes())
+    before = snapshot(root)
+
+    assert rebuild(root) == 1
+
+    assert [e.filename for e in project_files(root, "demo")] == ["demo-1.0-py3-none-any.whl"]
+    for page in ("index.json", "index.html"):
+        assert extra.name not in (root / "simple" / "demo" / page).read_text("utf-8")
+    assert not (root / "simple" / "other").exists()
+    assert "other" not in (root / "simple" / "index.json").read_text("utf-8")
+    # Stray files are left exactly as they were, and nothing is written for them.
+    assert snapshot(root) == before
+    assert stray_files(root) == sorted([stray, stray_metadata, unlisted_project])
+
+
+def test_stray_files_of_an_empty_or_missing_tree(root: Path) -> None:
+    assert stray_files(root) == []
+    assert not root.exists()  # asking does not create the tree
+    (root / "files" / "demo" / ".demo-1.0-py3-none-any.whl.part").parent.mkdir(parents=True)
+    (root / "files" / "demo" / ".demo-1.0-py3-none-any.whl.part").write_bytes(b"partial")
+    assert stray_files(root) == []  # a temp file of an interrupted write is not a stray
+
+
+def test_rebuild_refuses_a_listed_file_that_is_missing(root: Path, wheels: Path) -> None:
+    wheel = assemble_wheel(wheels, "demo", "1.0")
+    publish(root, "demo", [wheel], now=NOW)
+    (root / "files" / "demo" / wheel.name).unlink()
+    before = snapshot(root)
+
+    with pytest.raises(PublishError, match=f"files/demo/{wheel.name} is listed but missing"):
+        rebuild(root)
+    assert snapshot(root) == before
+
+
+def test_rebuild_refuses_a_listed_filename_that_is_a_path(root: Path, wheels: Path) -> None:
+    publish(root, "demo", [assemble_wheel(wheels, "demo", "1.0")], now=NOW)
+    publish(root, "other", [assemble_wheel(wheels, "other", "1.0")], now=NOW)
+    page_path = root / "simple" / "demo" / "index.json"
+    page = json.loads(page_path.read_text("utf-8"))
+    page["files"][0]["filename"] = "../other/other-1.0-py3-none-any.whl"
+    page_path.write_text(json.dumps(page), "utf-8")
+    before = snapshot(root)
+
+    with pytest.raises(PublishError, match="not a bare file name"):
+        rebuild(root)
+    assert snapshot(root) == before
 
 
 def test_empty_yank_reason_is_json_true(root: Path, wheels: Path) -> None:
