@@ -97,3 +97,32 @@ def test_conflicting_merge_is_refused(forge: LocalForge) -> None:
         forge.merge_pr(second.number, "v")
     assert forge.head("demo") == head
     assert forge.get_pr(second.number).state == "open"
+
+
+def test_show_and_merge_agree_after_a_later_push(forge: LocalForge, tmp_path: Path) -> None:
+    forge.push_change("demo", "b", {"feedstock.yaml": "version: '1.1'\n"}, "bump")
+    pr = forge.open_pr("demo", "b", "t", "")
+    # Someone pushes to the PR branch after it was opened.
+    work = git.Repo.clone_from(str(forge.repo_path("demo")), tmp_path / "w", branch="b")
+    (tmp_path / "w" / "extra.txt").write_text("sneaked in\n")
+    work.git.add("extra.txt")
+    work.git.commit(
+        "-m",
+        "extra",
+        author="x <x@e.invalid>",
+        env={"GIT_COMMITTER_NAME": "x", "GIT_COMMITTER_EMAIL": "x@e.invalid"},
+    )
+    work.git.push("origin", "b")
+    assert forge.get_pr(pr.number).head_commit == work.head.commit.hexsha != pr.head_commit
+    assert "+sneaked in" in forge.diff(pr.number)  # the reviewer sees it
+    merged = forge.merge_pr(pr.number, "v")
+    assert merged.head_commit == work.head.commit.hexsha
+    assert forge.read_file("demo", "extra.txt") == "sneaked in\n"
+    assert "+sneaked in" in forge.diff(pr.number)  # and the record still shows what was merged
+
+
+def test_corrupt_pull_request_record(forge: LocalForge) -> None:
+    forge.pulls.mkdir(parents=True, exist_ok=True)
+    (forge.pulls / "000009.json").write_text('{"number": 9}')
+    with pytest.raises(ForgeError, match="not a readable pull request record"):
+        forge.get_pr(9)

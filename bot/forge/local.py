@@ -159,21 +159,29 @@ class LocalForge:
     ) -> list[PullRequest]:
         if not self.pulls.is_dir():
             return []
-        prs = [
-            PullRequest(**json.loads(p.read_text(encoding="utf-8")))
-            for p in sorted(self.pulls.glob("*.json"))
-        ]
+        prs = [self._load(p) for p in sorted(self.pulls.glob("*.json"))]
         return [
             pr
             for pr in prs
             if (project is None or pr.project == project) and (state is None or pr.state == state)
         ]
 
+    def _load(self, path: Path) -> PullRequest:
+        try:
+            pr = PullRequest(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ForgeError(f"{path}: not a readable pull request record") from exc
+        if pr.state == "open" and pr.branch in self.branches(pr.project):
+            # Like a hosted forge, an open PR is whatever its branch holds now, so what
+            # `pr show` displays is what `pr merge` merges.
+            pr = replace(pr, head_commit=self.head(pr.project, pr.branch))
+        return pr
+
     def get_pr(self, number: int) -> PullRequest:
         path = self._pr_path(number)
         if not path.is_file():
             raise ForgeError(f"no pull request #{number}")
-        return PullRequest(**json.loads(path.read_text(encoding="utf-8")))
+        return self._load(path)
 
     def open_pr(self, project: str, branch: str, title: str, body: str) -> PullRequest:
         numbers = [pr.number for pr in self.pull_requests()]
@@ -210,9 +218,10 @@ class LocalForge:
         with self._clone(pr.project, (by, f"{by}@wheelstock.invalid")) as work:
             work.git.checkout("main")
             try:
+                # The commit the PR record shows, not whatever the branch holds by now.
                 work.git.merge(
                     "--no-ff",
-                    f"origin/{pr.branch}",
+                    pr.head_commit,
                     "-m",
                     f"Merge pull request #{number} from {pr.branch}\n\n{pr.title}",
                 )
