@@ -182,6 +182,21 @@ def default_index_url(
 # --- parsing pages ----------------------------------------------------------------------------
 
 
+def _url_problem(url: str) -> str | None:
+    """Why `url` cannot be parsed or fetched as written (one line), or None when it can."""
+    try:
+        # .port is checked lazily by urllib; httpx parses once more the way it will fetch.
+        urlsplit(url).port  # noqa: B018
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        return _first_line(exc)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _parse_time(text: str) -> datetime:
     # PEP 700: ISO 8601 "yyyy-mm-ddThh:mm:ss.ffffffZ"; fromisoformat takes "Z" since 3.11.
     moment = datetime.fromisoformat(text)
@@ -301,10 +316,16 @@ def parse_json_page(data: Any, page_url: str) -> tuple[DistFile, ...]:
             core_metadata = _json_core_metadata(entry.get(metadata_key))
         except ValueError as exc:
             raise bad(f"{at}.{metadata_key}", str(exc)) from None
+        try:
+            resolved = urldefrag(urljoin(page_url, url)).url
+        except ValueError:
+            resolved = None
+        if resolved is None or _url_problem(resolved) is not None:
+            raise bad(f"{at}.url", f"is not a valid URL: {url!r}")
         files.append(
             DistFile(
                 filename=filename,
-                url=urldefrag(urljoin(page_url, url)).url,
+                url=resolved,
                 sha256=sha256.lower() if sha256 else None,
                 requires_python=requires_python,
                 yanked=yanked,
@@ -343,11 +364,28 @@ def parse_html_page(text: str, page_url: str) -> tuple[DistFile, ...]:
     collector.feed(text)
     collector.close()
     _check_api_version(collector.repository_version, page_url)
-    base = urljoin(page_url, collector.base) if collector.base else page_url
+    base = page_url
+    if collector.base:
+        try:
+            base = urljoin(page_url, collector.base)
+        except ValueError:
+            base = ""
+        if not base or _url_problem(base) is not None:
+            # Every relative link would resolve wrongly, so the page as a whole is unusable.
+            raise UpstreamError(
+                f"upstream {page_url} sent an invalid project page: "
+                f"<base href> is not a valid URL: {collector.base!r}"
+            )
     files: list[DistFile] = []
     for anchor in collector.anchors:
         href = anchor["href"] or ""
-        url, fragment = urldefrag(urljoin(base, href))
+        # A bad link on upstream's page must not cost the other files: it is skipped.
+        try:
+            url, fragment = urldefrag(urljoin(base, href))
+        except ValueError:
+            continue
+        if _url_problem(url) is not None:
+            continue
         # PEP 503: the filename is the URL's last path segment.
         filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
         if not filename:
@@ -429,6 +467,12 @@ def _plural(count: int) -> str:
     return f"{count} attempt" if count == 1 else f"{count} attempts"
 
 
+def _check_url(url: str) -> None:
+    problem = _url_problem(url)
+    if problem is not None:
+        raise UpstreamError(f"invalid upstream URL {url!r}: {problem}")
+
+
 class Upstream:
     """A simple index (PEP 503/691) reached through an `httpx.Client`."""
 
@@ -443,6 +487,10 @@ class Upstream:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self.index_url = index_url if index_url.endswith("/") else index_url + "/"
+        problem = _url_problem(self.index_url)
+        if problem is not None:
+            # Refused here, so a typo in --upstream is one line, never a traceback later on.
+            raise UpstreamError(f"invalid upstream URL {index_url!r}: {problem}")
         self.client = client
         self.attempts = attempts
         # Exponential backoff with full jitter so many clients don't retry in lockstep.
@@ -467,6 +515,9 @@ class Upstream:
         )
         try:
             return retrying(attempt)
+        except httpx.InvalidURL as exc:
+            # Not an httpx.HTTPError: raised while the request is built, never worth retrying.
+            raise UpstreamError(f"invalid upstream URL {url!r}: {_first_line(exc)}") from exc
         except httpx.UnsupportedProtocol as exc:
             raise UpstreamError(
                 f"upstream {url} cannot be fetched: only http and https are supported"
@@ -481,14 +532,14 @@ class Upstream:
                 + f" (after {_plural(tries)})"
             ) from exc
         except httpx.HTTPError as exc:
-            # Invalid URLs, too many redirects, undecodable bodies: not worth retrying.
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UpstreamError(f"upstream {url} failed: {reason}") from exc
+            # Bad or too many redirects, undecodable bodies: not worth retrying.
+            raise UpstreamError(f"upstream {url} failed: {_first_line(exc)}") from exc
 
     def project(self, name: str) -> ProjectPage:
         """Fetch and parse the project's page (JSON if upstream offers it, else HTML)."""
         canonical = canonicalize_name(name)
         url = f"{self.index_url}{canonical}/"
+        _check_url(url)
 
         def fetch() -> httpx.Response:
             response = self.client.get(url, headers={"Accept": ACCEPT})
@@ -521,6 +572,7 @@ class Upstream:
 
     def download(self, url: str, dest: Path, sha256: str) -> Path:
         """Stream url to dest, verifying sha256; nothing is left at dest unless it matched."""
+        _check_url(url)
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or dest.name

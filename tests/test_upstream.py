@@ -54,11 +54,17 @@ def make_file(directory: Path, name: str, content: bytes) -> Path:
     return path
 
 
+JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+
+
 def mock_upstream(
-    handler: Callable[[httpx.Request], httpx.Response], *, attempts: int = 3
+    handler: Callable[[httpx.Request], httpx.Response],
+    *,
+    attempts: int = 3,
+    index_url: str = "http://mirror.test/simple",
 ) -> Upstream:
     client = httpx.Client(transport=httpx.MockTransport(handler), follow_redirects=True)
-    return Upstream("http://mirror.test/simple", client, attempts=attempts, wait=wait_none())
+    return Upstream(index_url, client, attempts=attempts, wait=wait_none())
 
 
 def assert_one_line(message: str) -> None:
@@ -422,6 +428,117 @@ def test_constructor_normalises_and_validates() -> None:
     assert Upstream("http://mirror.test/simple", client).index_url == "http://mirror.test/simple/"
     with pytest.raises(ValueError):
         Upstream("http://mirror.test/simple/", client, attempts=0)
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://[::1/simple/", "https://h.invalid:x/"])
+def test_constructor_refuses_an_invalid_url(url: str) -> None:
+    with pytest.raises(UpstreamError) as caught:
+        mock_upstream(lambda request: httpx.Response(200), index_url=url)
+    assert str(caught.value).startswith(f"invalid upstream URL {url!r}: ")
+    assert_one_line(str(caught.value))
+
+
+def test_invalid_url_raised_while_fetching_is_an_upstream_error() -> None:
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        # What httpx raises when it cannot build a request, e.g. from a mangled redirect.
+        calls.append(request)
+        raise httpx.InvalidURL("Invalid port: 'x'")
+
+    with pytest.raises(UpstreamError) as caught:
+        mock_upstream(handler).project("demo")
+    assert not isinstance(caught.value, UpstreamUnavailable)
+    assert str(caught.value) == (
+        "invalid upstream URL 'http://mirror.test/simple/demo/': Invalid port: 'x'"
+    )
+    assert len(calls) == 1  # not retried
+
+
+def test_an_index_url_made_invalid_later_is_an_upstream_error() -> None:
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(404)
+
+    upstream = mock_upstream(handler)
+    upstream.index_url = "http://[::1/simple/"
+    with pytest.raises(UpstreamError) as caught:
+        upstream.project("demo")
+    assert not isinstance(caught.value, UpstreamUnavailable)
+    assert str(caught.value).startswith("invalid upstream URL 'http://[::1/simple/demo/'")
+    assert_one_line(str(caught.value))
+    assert calls == []
+
+
+@pytest.mark.parametrize("url", ["http://[oops/demo-1.0.tar.gz", "http://mirror.test:x/d.tar.gz"])
+def test_download_of_an_invalid_url_is_an_upstream_error(tmp_path: Path, url: str) -> None:
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, content=b"x")
+
+    with pytest.raises(UpstreamError) as caught:
+        mock_upstream(handler).download(url, tmp_path / "out" / "demo-1.0.tar.gz", "0" * 64)
+    assert not isinstance(caught.value, UpstreamUnavailable)
+    assert str(caught.value).startswith(f"invalid upstream URL {url!r}")
+    assert_one_line(str(caught.value))
+    assert calls == []
+    assert not (tmp_path / "out").exists()  # refused before anything was created
+
+
+def test_html_anchor_with_an_invalid_href_is_skipped() -> None:
+    html_page = """<!DOCTYPE html><html><body>
+    <a href="demo-1.0.tar.gz#sha256=aa">demo-1.0.tar.gz</a>
+    <a href="http://[oops/demo-1.1.tar.gz">demo-1.1.tar.gz</a>
+    <a href="http://[::1]:x/demo-1.2.tar.gz">demo-1.2.tar.gz</a>
+    <a href="demo-1.3.tar.gz#sha256=bb">demo-1.3.tar.gz</a>
+    </body></html>"""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": "text/html"}, text=html_page)
+
+    page = mock_upstream(handler).project("demo")
+    assert [(f.filename, f.url, f.sha256) for f in page.files] == [
+        ("demo-1.0.tar.gz", "http://mirror.test/simple/demo/demo-1.0.tar.gz", "aa"),
+        ("demo-1.3.tar.gz", "http://mirror.test/simple/demo/demo-1.3.tar.gz", "bb"),
+    ]
+
+
+def test_html_invalid_base_href_is_an_upstream_error() -> None:
+    body = '<base href="http://[oops/"><a href="demo-1.0.tar.gz">demo-1.0.tar.gz</a>'
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": "text/html"}, text=body)
+
+    with pytest.raises(UpstreamError) as caught:
+        mock_upstream(handler).project("demo")
+    assert str(caught.value) == (
+        "upstream http://mirror.test/simple/demo/ sent an invalid project page: "
+        "<base href> is not a valid URL: 'http://[oops/'"
+    )
+
+
+@pytest.mark.parametrize("bad", ["http://[oops/demo-1.1.tar.gz", "http://[::1]:x/d-1.1.tar.gz"])
+def test_json_file_with_an_invalid_url_names_its_key(bad: str) -> None:
+    entries = [
+        {"filename": "demo-1.0.tar.gz", "url": "demo-1.0.tar.gz"},
+        {"filename": "demo-1.1.tar.gz", "url": bad},
+    ]
+    body = json.dumps({"meta": {"api-version": "1.1"}, "files": entries}).encode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Type": JSON_TYPE}, content=body)
+
+    with pytest.raises(UpstreamError) as caught:
+        mock_upstream(handler).project("demo")
+    assert str(caught.value) == (
+        "upstream http://mirror.test/simple/demo/ sent an invalid project page: "
+        f"files[1].url is not a valid URL: {bad!r}"
+    )
+    assert_one_line(str(caught.value))
 
 
 def test_make_client_identifies_itself() -> None:
