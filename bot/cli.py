@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("tick", parents=[common], help="run one whole cycle of the bot")
+    commands.add_parser(
+        "status", parents=[common], help="every project: state, feedstock, PRs, last build"
+    )
 
     reg = commands.add_parser("registry", help="registry entries").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -183,11 +186,19 @@ def build_checkout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace, state: State) -> int:
+    rows = tick.status(state, LocalForge(state.forge_dir), args.registry)
+    print(f"{'project':<24} {'state':<8} {'feedstock':<12} {'open PRs':<8} last build")
+    for row in rows:
+        print(row.line())
+    return 0
+
+
 def cmd_build(args: argparse.Namespace, state: State) -> int:
     bot = _bot(args, state)
     summary = tick.Summary()
     reg = tick.load_registry(bot, summary)
-    tick.build_heads(bot, reg.entries, summary)
+    tick.build_heads(bot, tick.active(bot, reg, summary), summary)
     print(f"build: {summary.built} built, {summary.failed} failed, {len(summary.errors)} errors")
     return 1 if summary.errors or summary.failed else 0
 
@@ -298,6 +309,7 @@ def cmd_serve(args: argparse.Namespace, state: State) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, State], int]] = {
     "tick": cmd_tick,
+    "status": cmd_status,
     "build": cmd_build,
     "pr": cmd_pr,
     "review": cmd_review,

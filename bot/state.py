@@ -27,6 +27,10 @@ CREATE TABLE IF NOT EXISTS builds (
     created_at TEXT NOT NULL,
     UNIQUE (project, commit_sha)
 );
+CREATE TABLE IF NOT EXISTS retired (
+    project TEXT PRIMARY KEY,      -- a feedstock whose registry entry was removed
+    retired_at TEXT NOT NULL
+);
 """
 
 # failed: the build or its source was refused; skipped: the version is already published;
@@ -190,3 +194,14 @@ class State:
                     "reason = COALESCE(?, reason) WHERE id = ?",
                     (status, by, now(), reason, build.id),
                 )
+
+    def retired(self) -> set[str]:
+        return {str(row[0]) for row in self.db.execute("SELECT project FROM retired")}
+
+    def retire(self, project: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO retired VALUES (?, ?)", (project, now()))
+
+    def unretire(self, project: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM retired WHERE project = ?", (project,))

@@ -47,13 +47,20 @@ class Summary:
     built: int = 0
     failed: int = 0
     published: int = 0
+    skipped: int = 0
+    retired: int = 0
     errors: list[str] = field(default_factory=list)
 
     def line(self) -> str:
+        extra = "".join(
+            f", {count} {what}"
+            for count, what in ((self.skipped, "skipped"), (self.retired, "retired"))
+            if count
+        )
         return (
             f"tick: {self.projects} projects, {self.created} feedstocks created, "
             f"{self.opened} PRs opened, {self.built} built, {self.failed} failed, "
-            f"{self.published} published, {len(self.errors)} errors"
+            f"{self.published} published{extra}, {len(self.errors)} errors"
         )
 
 
@@ -71,7 +78,7 @@ def sync_project(bot: Bot, entry: Entry, summary: Summary) -> None:
     page = bot.upstream.project(entry.project)
     forge = bot.forge
     if not forge.has_feedstock(entry.name):
-        release = latest_release(page.files)
+        release = latest_release(page.files, prereleases=entry.prereleases, ignore=entry.ignored)
         if release is None:
             raise WheelstockError(
                 f"upstream has no final, non-yanked release of {entry.project} with an sdist"
@@ -94,7 +101,12 @@ def sync_project(bot: Bot, entry: Entry, summary: Summary) -> None:
 
     text = forge.read_file(entry.name, FEEDSTOCK_FILE)
     current = feedstock.parse(text, f"{entry.name}-feedstock/{FEEDSTOCK_FILE}")
-    release = latest_release(page.files, newer_than=Version(current.version))
+    release = latest_release(
+        page.files,
+        newer_than=Version(current.version),
+        prereleases=entry.prereleases,
+        ignore=entry.ignored,
+    )
     if release is None:
         return
     branch = bump_branch(entry.name, str(release.version))
@@ -274,16 +286,110 @@ def load_registry(bot: Bot, summary: Summary) -> registry.Registry:
     return reg
 
 
+def retire_removed(bot: Bot, reg: registry.Registry, summary: Summary) -> None:
+    """Feedstocks whose entry left the registry: reported once, then left alone.
+
+    No new PRs or builds reach them (only entries are synced and built); what was published
+    stays. A file that is merely invalid still claims its name, so a typo retires nothing.
+    """
+    retired = bot.state.retired()
+    for name in bot.forge.feedstocks():
+        if name in reg.claimed:
+            if name in retired:
+                bot.state.unretire(name)
+                bot.echo(f"{name} has a registry entry again; its feedstock is no longer retired")
+        elif name not in retired:
+            bot.state.retire(name)
+            summary.retired += 1
+            bot.echo(
+                f"retired {name}-feedstock: its entry left the registry; no new PRs or builds, "
+                "published files stay"
+            )
+
+
+def active(bot: Bot, reg: registry.Registry, summary: Summary) -> tuple[Entry, ...]:
+    """The entries the bot works on this tick; a skipped one is named with its reason."""
+    entries = []
+    for entry in reg.entries:
+        if entry.skip is not None:
+            summary.skipped += 1
+            bot.echo(f"skipped {entry.name}: {entry.skip}")
+        else:
+            entries.append(entry)
+    return tuple(entries)
+
+
 def tick(bot: Bot) -> Summary:
     """Run one whole cycle; one project's failure never stops the others."""
     summary = Summary()
     reg = load_registry(bot, summary)
-    for entry in reg.entries:
+    retire_removed(bot, reg, summary)
+    entries = active(bot, reg, summary)
+    for entry in entries:
         try:
             sync_project(bot, entry, summary)
         except WheelstockError as exc:
             summary.errors.append(f"{entry.name}: {exc}")
             bot.echo(f"error: {entry.name}: {exc}")
-    build_heads(bot, reg.entries, summary)
+    build_heads(bot, entries, summary)
     publish(bot, summary)
     return summary
+
+
+@dataclass(frozen=True)
+class ProjectStatus:
+    """One line of ``wheelstock status``: what the bot knows of a project, without network."""
+
+    name: str
+    state: str  # active | skipped | retired | invalid
+    feedstock: str | None  # version on main
+    open_prs: tuple[int, ...]
+    last_build: str | None  # "<version> <status>"
+    note: str | None  # skip reason, failure reason, or the registry problem
+
+    def line(self) -> str:
+        prs = ",".join(f"#{n}" for n in self.open_prs) or "-"
+        note = f"  ({self.note})" if self.note else ""
+        return (
+            f"{self.name:<24} {self.state:<8} {self.feedstock or '-':<12} {prs:<8} "
+            f"{self.last_build or '-'}{note}"
+        )
+
+
+def status(state: State, forge: Forge, registry_dir: Path) -> list[ProjectStatus]:
+    reg = registry.load_directory(registry_dir)
+    retired = state.retired()
+    problems: dict[str, str] = {canonicalize_name(p.path.stem): str(p) for p in reg.problems}
+    names = sorted(set(forge.feedstocks()) | {e.name for e in reg.entries} | set(problems))
+    entries = {e.name: e for e in reg.entries}
+    rows = []
+    for name in names:
+        entry = entries.get(name)
+        note = None
+        if entry is not None and entry.skip is not None:
+            kind, note = "skipped", entry.skip
+        elif entry is not None:
+            kind = "active"
+        elif name in problems:
+            kind, note = "invalid", problems[name]
+        else:
+            kind = "retired" if name in retired else "removed"
+        version = None
+        if forge.has_feedstock(name):
+            text = forge.read_file(name, FEEDSTOCK_FILE)
+            version = feedstock.parse(text, f"{name}-feedstock/{FEEDSTOCK_FILE}").version
+        builds = state.builds(project=name)
+        last = builds[-1] if builds else None
+        if last is not None and note is None and last.status in ("failed", "refused"):
+            note = last.reason
+        rows.append(
+            ProjectStatus(
+                name=name,
+                state=kind,
+                feedstock=version,
+                open_prs=tuple(pr.number for pr in forge.pull_requests(name, "open")),
+                last_build=None if last is None else f"{last.version} {last.status}",
+                note=note,
+            )
+        )
+    return rows

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from bot.upstream import DistFile
@@ -59,13 +60,20 @@ def latest_release(
     *,
     newer_than: Version | None = None,
     prereleases: bool = False,
+    ignore: Sequence[SpecifierSet] = (),
 ) -> Release | None:
-    """The newest buildable release: not yanked, final unless asked, with an unyanked sdist."""
+    """The newest buildable release: not yanked, final unless asked, with an unyanked sdist.
+
+    ``ignore`` holds the registry entry's ``versions.ignore`` specifiers; a release any of
+    them contains is never proposed (pre-releases included, so ``>=3a0,<3`` means what it says).
+    """
     for release in reversed(releases(files)):
         if newer_than is not None and not release.version > newer_than:
             # Sorted ascending, so nothing older can qualify either.
             return None
         if release.yanked:
+            continue
+        if any(spec.contains(release.version, prereleases=True) for spec in ignore):
             continue
         # PEP 440: is_prerelease covers both pre-releases and dev releases; post releases are final.
         if release.version.is_prerelease and not prereleases:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from bot.upstream import DistFile
@@ -142,3 +143,20 @@ YANKED_CASES = [
 @pytest.mark.parametrize(("files", "expected"), YANKED_CASES)
 def test_release_yanked(files: list[DistFile], expected: bool) -> None:
     assert Release(version=Version("1.0"), files=tuple(files)).yanked is expected
+
+
+@pytest.mark.parametrize(
+    ("ignore", "expected"),
+    [
+        ((), "3.0"),
+        (("==3.0",), "2.1"),
+        ((">=3a0,<4",), "2.1"),
+        (("==3.0", "==2.1"), "2.0"),
+        ((">=2",), None),
+    ],
+)
+def test_ignore_specifiers(ignore: tuple[str, ...], expected: str | None) -> None:
+    names = ["demo-2.0.tar.gz", "demo-2.1.tar.gz", "demo-3.0.tar.gz"]
+    files = [DistFile(n, f"http://127.0.0.1:1/{n}", "0" * 64) for n in names]
+    found = latest_release(files, ignore=[SpecifierSet(s) for s in ignore])
+    assert (None if found is None else str(found.version)) == expected

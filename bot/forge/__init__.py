@@ -29,6 +29,10 @@ class Forge(Protocol):
 
     def has_feedstock(self, project: str) -> bool: ...
 
+    def feedstocks(self) -> list[str]:
+        """Names of the projects that have a feedstock, sorted."""
+        ...
+
     def create_feedstock(self, project: str, files: Mapping[str, str], message: str) -> str:
         """Create ``<project>-feedstock`` with one commit on ``main``; return its sha."""
         ...
