@@ -10,9 +10,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bot import __version__, feedstock, gate, index, registry, serve, tick
+from bot import graph as graphs
 from bot.builder import run_in_own_session
 from bot.errors import BuildError, ProjectNotFound, UpstreamError, WheelstockError
 from bot.forge.local import LocalForge
+from bot.fsutil import atomic_write_text
 from bot.state import State
 from bot.upstream import Upstream, default_index_url, make_client
 
@@ -128,6 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--as", dest="handle", required=True, help="your forge handle")
         if name == "reject":
             sub.add_argument("--reason", required=True)
+
+    graph = commands.add_parser(
+        "graph", parents=[common], help="the dependency graph of enrolled projects"
+    )
+    views = graph.add_subparsers(dest="action", metavar="ACTION")
+    views.add_parser("order", parents=[common], help="build waves; cycles broken")
+    impact = views.add_parser("impact", parents=[common], help="transitive dependents of NAME")
+    impact.add_argument("name")
+    views.add_parser("missing", parents=[common], help="what is needed but not enrolled")
+    export = views.add_parser("export", parents=[common], help="the graph as json, graphml, dot")
+    export.add_argument("--format", choices=graphs.FORMATS, default="json")
+    draw = views.add_parser("draw", parents=[common], help="an SVG picture of the graph")
+    draw.add_argument("file", type=Path, metavar="FILE.svg")
+    draw.add_argument(
+        "--no-graphviz", action="store_true", help="use the built-in layout even if dot exists"
+    )
 
     commands.add_parser(
         "index", parents=[common], help="publish approved builds and rewrite the index pages"
@@ -291,6 +309,51 @@ def _publish(args: argparse.Namespace, state: State) -> int:
     return 1 if any(o.error for o in outcomes) else 0
 
 
+def _names(names: set[str] | list[str]) -> str:
+    return ", ".join(sorted(names)) or "-"
+
+
+def cmd_graph(args: argparse.Namespace, state: State) -> int:
+    bot = _bot(args, state)
+    bot.echo = lambda line: print(line, file=sys.stderr)  # progress apart from the answer
+    summary = tick.Summary()
+    reg = tick.load_registry(bot, summary)
+    graph = tick.dependency_graph(bot, reg.entries, summary)
+    if args.action == "order":
+        waves, broken = graph.build_order()
+        for number, wave in enumerate(waves, 1):
+            print(f"wave {number}: {_names(wave)}")
+        for dependency, dependent in broken:
+            print(f"cycle broken: {dependency} -> {dependent} (build)")
+    elif args.action == "impact":
+        for kind, dependents in graph.impact(args.name).items():
+            print(f"{kind}: {_names(dependents)}")
+    elif args.action == "missing":
+        for node, needs in sorted(graph.missing.items()):
+            kinds = "; ".join(f"{k}: {_names(v)}" for k, v in sorted(needs.items()) if v)
+            if kinds:
+                print(f"{node} needs {kinds}")
+    elif args.action == "export":
+        print(graph.export(args.format), end="")
+    elif args.action == "draw":
+        svg = graph.draw_svg(use_graphviz=False if args.no_graphviz else None)
+        atomic_write_text(args.file, svg)
+        print(f"wrote {args.file}")
+    else:
+        edges = graph.edges()
+        cycles = graph.cycles(limit=100)
+        print(f"nodes: {graph.graph.number_of_nodes()}")
+        print(
+            f"edges: {len(edges)} (run {len(graph.edges('run'))}, "
+            f"build {len(graph.edges('build'))})"
+        )
+        print(f"depth: {graph.depth()}")
+        print(f"cycles: {len(cycles)}{'+' if len(cycles) == 100 else ''}")
+        for cycle in cycles:
+            print(f"  {' -> '.join([*cycle, cycle[0]])}")
+    return 1 if summary.errors else 0
+
+
 def cmd_index(args: argparse.Namespace, state: State) -> int:
     code = _publish(args, state)
     count = index.rebuild(state.index_dir)
@@ -313,6 +376,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, State], int]] = {
     "build": cmd_build,
     "pr": cmd_pr,
     "review": cmd_review,
+    "graph": cmd_graph,
     "index": cmd_index,
     "serve": cmd_serve,
 }

@@ -260,14 +260,18 @@ class Graph:
             return sorted(self.graph.edges)
         return sorted((u, v) for u, v, kinds in self.graph.edges(data="kinds") if kind in kinds)
 
-    def cycles(self, kind: str | None = None) -> list[list[str]]:
-        """Simple cycles over edges of one kind (or any), each starting at its smallest name."""
+    def cycles(self, kind: str | None = None, *, limit: int | None = None) -> list[list[str]]:
+        """Simple cycles over edges of one kind (or any), each starting at its smallest name.
+
+        A dense tangle has exponentially many simple cycles; ``limit`` stops after that many
+        (which ones is then up to networkx's search order).
+        """
         _check_kind(kind)
         view = self.graph
         if kind is not None:
             view = self.graph.edge_subgraph(self.edges(kind))
         result = []
-        for cycle in nx.simple_cycles(view):
+        for cycle in itertools.islice(nx.simple_cycles(view), limit):
             start = cycle.index(min(cycle))
             result.append(cycle[start:] + cycle[:start])
         result.sort()

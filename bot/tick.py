@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from bot.errors import ProjectNotFound, SourceRefused, WheelstockError
 from bot.feedstock import FEEDSTOCK_FILE, Feedstock, Source
 from bot.forge import Forge
 from bot.fsutil import sha256_file
+from bot.graph import Graph, Requirements, Target, build_graph
+from bot.metadata import MetadataCache, fetch_metadata
 from bot.prs import Bump, bump_branch
 from bot.registry import Entry
 from bot.state import State, now
@@ -73,12 +76,21 @@ def _source(release: Release) -> tuple[Source, DistFile]:
     return Source(filename=sdist.filename, url=sdist.url, sha256=sdist.sha256), sdist
 
 
+def wanted_release(
+    entry: Entry, files: tuple[DistFile, ...], newer_than: Version | None = None
+) -> Release | None:
+    """The release this entry's rules pick from upstream's files (versions.* in the entry)."""
+    return latest_release(
+        files, newer_than=newer_than, prereleases=entry.prereleases, ignore=entry.ignored
+    )
+
+
 def sync_project(bot: Bot, entry: Entry, summary: Summary) -> None:
     """Create the feedstock, or open a bump PR when upstream has a newer final release."""
     page = bot.upstream.project(entry.project)
     forge = bot.forge
     if not forge.has_feedstock(entry.name):
-        release = latest_release(page.files, prereleases=entry.prereleases, ignore=entry.ignored)
+        release = wanted_release(entry, page.files)
         if release is None:
             raise WheelstockError(
                 f"upstream has no final, non-yanked release of {entry.project} with an sdist"
@@ -101,12 +113,7 @@ def sync_project(bot: Bot, entry: Entry, summary: Summary) -> None:
 
     text = forge.read_file(entry.name, FEEDSTOCK_FILE)
     current = feedstock.parse(text, f"{entry.name}-feedstock/{FEEDSTOCK_FILE}")
-    release = latest_release(
-        page.files,
-        newer_than=Version(current.version),
-        prereleases=entry.prereleases,
-        ignore=entry.ignored,
-    )
+    release = wanted_release(entry, page.files, Version(current.version))
     if release is None:
         return
     branch = bump_branch(entry.name, str(release.version))
@@ -241,14 +248,91 @@ def build_head(bot: Bot, entry: Entry, commit: str, summary: Summary) -> None:
     )
 
 
+def target_of(entry: Entry) -> Target:
+    """What an entry builds for; without build.pythons/platforms, what this builder runs."""
+    here = sys.platform if sys.platform in registry.PLATFORMS else "linux"
+    return Target(
+        pythons=entry.pythons or (f"{sys.version_info.major}.{sys.version_info.minor}",),
+        platforms=entry.platforms or (here,),
+    )
+
+
+def requirements_of(bot: Bot, entry: Entry, version: str) -> Requirements:
+    """Run and build requirements of ``entry`` at ``version``: cached, else fetched upstream."""
+    cache = MetadataCache(bot.state.root / "metadata")
+    meta = cache.get(entry.name, version)
+    if meta is None:
+        bot.echo(f"reading the metadata of {entry.name} {version} ...")
+        page = bot.upstream.project(entry.project)
+        workdir = bot.state.root / "tmp"
+        workdir.mkdir(parents=True, exist_ok=True)
+        meta = fetch_metadata(
+            bot.upstream, page.files, entry.project, version, cache, workdir=workdir
+        )
+    return Requirements(entry.name, version, run=meta.requires_dist, build=meta.build_requires)
+
+
+def feedstock_version(bot: Bot, entry: Entry, ref: str = "main") -> str:
+    text = bot.forge.read_file(entry.name, FEEDSTOCK_FILE, ref)
+    return feedstock.parse(text, f"{entry.name}-feedstock/{FEEDSTOCK_FILE}@{ref}").version
+
+
+def dependency_graph(bot: Bot, entries: tuple[Entry, ...], summary: Summary) -> Graph:
+    """The graph at the versions the feedstocks build (upstream's newest where none exists).
+
+    A project whose metadata cannot be had is a node without edges, reported as an error.
+    """
+    reqs = []
+    for entry in entries:
+        try:
+            if bot.forge.has_feedstock(entry.name):
+                version = feedstock_version(bot, entry)
+            else:
+                page = bot.upstream.project(entry.project)
+                release = wanted_release(entry, page.files)
+                if release is None:
+                    raise WheelstockError(f"upstream has no release of {entry.project} to build")
+                version = str(release.version)
+            reqs.append(requirements_of(bot, entry, version))
+        except WheelstockError as exc:
+            summary.errors.append(f"{entry.name}: {exc}")
+            bot.echo(f"error: {entry.name}: {exc}")
+            reqs.append(Requirements(entry.name, "0", (), ()))
+    return build_graph(reqs, {e.name: target_of(e) for e in entries})
+
+
+def in_build_order(bot: Bot, pending: list[tuple[Entry, str]]) -> list[tuple[Entry, str]]:
+    """Pending builds ordered so a project builds after the enrolled ones it needs to build.
+
+    Only heads built in this tick are ordered, from their own feedstock versions; metadata
+    that cannot be had leaves that project unordered rather than stopping the tick.
+    """
+    if len(pending) < 2:
+        return pending
+    reqs = []
+    for entry, head in pending:
+        try:
+            reqs.append(requirements_of(bot, entry, feedstock_version(bot, entry, head)))
+        except WheelstockError as exc:
+            bot.echo(f"{entry.name}: build order unknown ({exc})")
+            reqs.append(Requirements(entry.name, "0", (), ()))
+    waves, broken = build_graph(reqs, {e.name: target_of(e) for e, _ in pending}).build_order()
+    for dependency, dependent in broken:
+        bot.echo(f"build cycle: {dependency} -> {dependent} ignored for the order")
+    wave_of = {name: number for number, wave in enumerate(waves) for name in wave}
+    return sorted(pending, key=lambda item: (wave_of.get(item[0].name, 0), item[0].name))
+
+
 def build_heads(bot: Bot, entries: tuple[Entry, ...], summary: Summary) -> None:
-    """Build every feedstock whose ``main`` head has no recorded build yet."""
+    """Build every feedstock whose ``main`` head has no recorded build yet, in build order."""
+    pending = []
     for entry in entries:
         if not bot.forge.has_feedstock(entry.name):
             continue
         head = bot.forge.head(entry.name)
-        if bot.state.build_for(entry.name, head) is not None:
-            continue
+        if bot.state.build_for(entry.name, head) is None:
+            pending.append((entry, head))
+    for entry, head in in_build_order(bot, pending):
         try:
             build_head(bot, entry, head, summary)
         except WheelstockError as exc:

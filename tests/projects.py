@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 FLIT_PYPROJECT = """\
 [build-system]
-requires = ["flit_core>=3.9"]
+requires = {build_requires}
 build-backend = "flit_core.buildapi"
 
 [project]
@@ -20,15 +21,29 @@ name = "{name}"
 version = "{version}"
 description = "A wheelstock test fixture."
 requires-python = ">=3.8"
+dependencies = {dependencies}
 """
 
 
-def make_project(root: Path, name: str, version: str) -> Path:
+def make_project(
+    root: Path,
+    name: str,
+    version: str,
+    *,
+    dependencies: tuple[str, ...] = (),
+    build_requires: tuple[str, ...] = (),
+) -> Path:
     """A flit project whose module records its own version, so tests can see which one ran."""
     module = name.replace("-", "_")
     project = root / f"{name}-{version}"
     (project / module).mkdir(parents=True)
-    (project / "pyproject.toml").write_text(FLIT_PYPROJECT.format(name=name, version=version))
+    text = FLIT_PYPROJECT.format(
+        name=name,
+        version=version,
+        dependencies=json.dumps(list(dependencies)),
+        build_requires=json.dumps(["flit_core>=3.9", *build_requires]),
+    )
+    (project / "pyproject.toml").write_text(text)
     (project / module / "__init__.py").write_text(
         f'"""Fixture {name}."""\n\n__version__ = "{version}"\n'
     )
@@ -45,6 +60,7 @@ def _build(project: Path, out: Path, kind: str) -> None:
             "build",
             f"--{kind}",
             "--no-isolation",
+            "--skip-dependency-check",
             "--outdir",
             str(out),
             project,
