@@ -179,16 +179,19 @@ def build_head(bot: Bot, entry: Entry, commit: str, summary: Summary) -> None:
     build_dir.mkdir(parents=True)
     log_path = build_dir / "build.log"
 
-    def fail(reason: str, log: str = "") -> None:
-        log_path.write_text(f"{log}\nwheelstock: build refused or failed: {reason}\n", "utf-8")
+    def record(status: str, reason: str) -> None:
         state.record_build(
             project=entry.name,
             version=fs.version,
             commit=commit,
-            status="failed",
+            status=status,
             directory=build_dir,
             reason=reason,
         )
+
+    def fail(reason: str, log: str = "") -> None:
+        log_path.write_text(f"{log}\nwheelstock: build refused or failed: {reason}\n", "utf-8")
+        record("failed", reason)
         summary.failed += 1
         bot.echo(f"build of {entry.name} {fs.version} failed: {reason} (log: {log_path})")
 
@@ -201,14 +204,7 @@ def build_head(bot: Bot, entry: Entry, commit: str, summary: Summary) -> None:
         Version(b.version) == Version(fs.version)
         for b in state.builds(project=entry.name, status="published")
     ):
-        state.record_build(
-            project=entry.name,
-            version=fs.version,
-            commit=commit,
-            status="skipped",
-            directory=build_dir,
-            reason=f"{fs.version} is already published",
-        )
+        record("skipped", f"{fs.version} is already published")
         bot.echo(f"{entry.name} {fs.version} is already published; {commit[:12]} not rebuilt")
         return None
 
