@@ -1,8 +1,9 @@
-"""A release's dependencies (Requires-Dist, [build-system]) read from upstream, cached on disk."""
+"""A release's dependencies, build system, license and URLs read from upstream, cached on disk."""
 
 from __future__ import annotations
 
 import email.header
+import email.message
 import email.parser
 import email.policy
 import json
@@ -52,9 +53,14 @@ NOTE_NO_SDIST = "no sdist: build requirements unknown"
 NOTE_DYNAMIC = "Requires-Dist dynamic (PEP 643)"
 
 # Bumped when the cache file's shape changes, so old files are refetched rather than misread.
-CACHE_FORMAT = 1
+# 2: license and project_urls (a format-1 file lacks them, which would read as "none declared").
+CACHE_FORMAT = 2
 # Metadata and pyproject.toml are a few KiB; the cap keeps a hostile archive from filling memory.
 MAX_MEMBER_BYTES = 16 * 1024 * 1024
+# A License field longer than this (or spread over lines) is the license text, not its name.
+MAX_LICENSE_NAME = 80
+# Values old setuptools wrote for "not given" (Metadata 1.x had no way to leave a field out).
+_NOT_GIVEN = frozenset({"", "unknown", "none", "n/a", "null"})
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,10 @@ class ProjectMetadata:
     build_requires: tuple[str, ...]
     build_backend: str
     source: str
+    # PEP 639 License-Expression, else a short License field, else the License :: classifiers.
+    license: str | None = None
+    # Project-URL (label, url) pairs in file order, then Home-page as ("Homepage", url).
+    project_urls: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +88,8 @@ class ProjectMetadata:
             "build_requires": list(self.build_requires),
             "build_backend": self.build_backend,
             "source": self.source,
+            "license": self.license,
+            "project_urls": [[label, url] for label, url in self.project_urls],
         }
 
     @classmethod
@@ -104,6 +116,21 @@ class ProjectMetadata:
                     raise ValueError(f"metadata.{key}[{index}]: is not a string")
             return tuple(value)
 
+        def pairs(key: str) -> tuple[tuple[str, str], ...]:
+            value = data.get(key)
+            if not isinstance(value, list):
+                raise ValueError(f"metadata.{key}: is not a list")
+            found = []
+            for index, item in enumerate(value):
+                if not (
+                    isinstance(item, list)
+                    and len(item) == 2
+                    and all(isinstance(part, str) for part in item)
+                ):
+                    raise ValueError(f"metadata.{key}[{index}]: is not a [label, url] pair")
+                found.append((item[0], item[1]))
+            return tuple(found)
+
         return cls(
             project=text("project"),
             version=text("version"),
@@ -112,6 +139,8 @@ class ProjectMetadata:
             build_requires=strings("build_requires"),
             build_backend=text("build_backend"),
             source=text("source"),
+            license=optional_text("license"),
+            project_urls=pairs("project_urls"),
         )
 
 
@@ -239,6 +268,50 @@ class _CoreMetadata:
     requires_dist: tuple[str, ...]
     requires_python: str | None
     dynamic: tuple[str, ...]
+    license: str | None
+    project_urls: tuple[tuple[str, str], ...]
+
+
+def _license(message: email.message.Message) -> str | None:
+    """The license's name: what a reviewer compares between two releases."""
+    # PEP 639: License-Expression is the one authoritative field when present.
+    expression = message.get("License-Expression")
+    if expression is not None and _header_text(expression):
+        return " ".join(_header_text(expression).split())
+    field = message.get("License")
+    if field is not None:
+        # Many projects paste the whole license text here; only a short one-liner names it.
+        lines = [line.strip() for line in _header_text(field).splitlines()]
+        first = lines[0] if lines else ""
+        if (
+            first.casefold() not in _NOT_GIVEN
+            and len(first) <= MAX_LICENSE_NAME
+            and not first.casefold().startswith("copyright")
+        ):
+            return first
+    names: list[str] = []
+    for classifier in message.get_all("Classifier") or ():
+        parts = [part.strip() for part in _header_text(classifier).split("::")]
+        # "License :: OSI Approved" alone says nothing about which license.
+        wanted = parts[0] == "License" and len(parts) > 1 and parts[1:] != ["OSI Approved"]
+        if wanted and parts[-1] not in names:
+            names.append(parts[-1])
+    return ", ".join(names) or None
+
+
+def _project_urls(message: email.message.Message) -> tuple[tuple[str, str], ...]:
+    urls: list[tuple[str, str]] = []
+    for value in message.get_all("Project-URL") or ():
+        # Core metadata: "label, URL"; the label may not contain a comma, the URL may.
+        label, comma, url = _header_text(value).partition(",")
+        if comma and url.strip():
+            urls.append((label.strip(), url.strip()))
+    home = message.get("Home-page")
+    if home is not None:
+        url = _header_text(home)
+        if url.casefold() not in _NOT_GIVEN and url not in {u for _, u in urls}:
+            urls.append(("Homepage", url))
+    return tuple(urls)
 
 
 def _parse_core_metadata(data: bytes, what: str, name: str, version: Version) -> _CoreMetadata:
@@ -265,6 +338,8 @@ def _parse_core_metadata(data: bytes, what: str, name: str, version: Version) ->
         requires_dist=tuple(_header_text(v) for v in message.get_all("Requires-Dist") or ()),
         requires_python=_header_text(requires_python) if requires_python is not None else None,
         dynamic=tuple(_header_text(v).lower() for v in message.get_all("Dynamic") or ()),
+        license=_license(message),
+        project_urls=_project_urls(message),
     )
 
 
@@ -538,6 +613,8 @@ def fetch_metadata(
         build_requires=build_requires,
         build_backend=build_backend,
         source="; ".join([source, *notes]),
+        license=core.license,
+        project_urls=core.project_urls,
     )
     cache.put(meta)
     return meta

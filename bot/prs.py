@@ -2,18 +2,185 @@
 
 from __future__ import annotations
 
+import re
+import string
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import jinja2
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
 
 from bot.feedstock import Source
+from bot.metadata import ProjectMetadata
+
+__all__ = [
+    "Bump",
+    "Change",
+    "bump_branch",
+    "changelog_url",
+    "metadata_changes",
+    "normalize_label",
+    "source_url",
+]
+
+# Core metadata, "Well-known Project URLs": labels are compared after normalize_label.
+CHANGELOG_LABELS = frozenset(
+    {"changelog", "changes", "releasenotes", "news", "whatsnew", "history"}
+)
+SOURCE_LABELS = frozenset({"source", "sourcecode", "repository", "code", "github", "gitlab"})
+HOMEPAGE_LABELS = frozenset({"homepage", "home"})
+# Hosts whose /<owner>/<repo> path is a repository, so a homepage there is the source too.
+CODE_HOSTS = frozenset({"github.com", "gitlab.com", "codeberg.org", "bitbucket.org", "git.sr.ht"})
+
+_LABEL_REMOVALS = str.maketrans("", "", string.punctuation + string.whitespace)
+# A URL that can stand in an autolink (<...>) and that a reviewer's browser opens as a page.
+_WEB_URL = re.compile(r"https?://[^\s<>`\\\x00-\x1f\x7f]+", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# CommonMark backslash-escapable punctuation that could start markup inside running text.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~#!])")
+
+
+def normalize_label(label: str) -> str:
+    """The Project-URL label as the core metadata spec compares it ("Change Log" = "changelog")."""
+    return label.translate(_LABEL_REMOVALS).lower()
+
+
+def _is_web_url(url: str) -> bool:
+    return _WEB_URL.fullmatch(url) is not None
+
+
+def _labelled(project_urls: Iterable[tuple[str, str]], labels: frozenset[str]) -> str | None:
+    for label, url in project_urls:
+        if normalize_label(label) in labels and _is_web_url(url):
+            return url
+    return None
+
+
+def changelog_url(project_urls: Iterable[tuple[str, str]]) -> str | None:
+    """The first web URL labelled as a changelog or release notes, in the project's order."""
+    return _labelled(project_urls, CHANGELOG_LABELS)
+
+
+def source_url(project_urls: Iterable[tuple[str, str]]) -> str | None:
+    """The source repository: a URL labelled so, else a homepage that is a code host repo."""
+    project_urls = tuple(project_urls)
+    found = _labelled(project_urls, SOURCE_LABELS)
+    if found is not None:
+        return found
+    for label, url in project_urls:
+        if normalize_label(label) in HOMEPAGE_LABELS and _is_web_url(url):
+            parts = urlsplit(url)
+            segments = [segment for segment in parts.path.split("/") if segment]
+            if (parts.hostname or "").lower() in CODE_HOSTS and len(segments) >= 2:
+                return url
+    return None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One metadata field that differs between the old and the new release."""
+
+    field: str
+    removed: tuple[str, ...]
+    added: tuple[str, ...]
+
+
+def _requirement_key(text: str) -> str:
+    # str(Requirement) is packaging's normal form: spacing, marker quoting and the order of
+    # extras no longer differ; names and extras compare normalised (PEP 503, PEP 685).
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement:
+        return text.strip()
+    requirement.name = canonicalize_name(requirement.name)
+    requirement.extras = {canonicalize_name(extra) for extra in requirement.extras}
+    return str(requirement)
+
+
+def _specifier_key(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return str(SpecifierSet(text))
+    except InvalidSpecifier:
+        return text.strip()
+
+
+def _by_key(requirements: Sequence[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for requirement in requirements:
+        found.setdefault(_requirement_key(requirement), requirement.strip())
+    return found
+
+
+def _set_change(field: str, old: Sequence[str], new: Sequence[str]) -> list[Change]:
+    # Compared as sets of normal forms, shown as upstream wrote them, in upstream's order.
+    old_by_key, new_by_key = _by_key(old), _by_key(new)
+    removed = tuple(text for key, text in old_by_key.items() if key not in new_by_key)
+    added = tuple(text for key, text in new_by_key.items() if key not in old_by_key)
+    return [Change(field, removed, added)] if removed or added else []
+
+
+def _value_change(field: str, old: str | None, new: str | None) -> list[Change]:
+    return [Change(field, (old,) if old else (), (new,) if new else ())]
+
+
+def metadata_changes(old: ProjectMetadata | None, new: ProjectMetadata | None) -> list[Change]:
+    """What a reviewer must look at: dependencies, Requires-Python, build system, license.
+
+    Nothing when either side is unknown; so is the build system when either side had no sdist
+    (an empty build_backend), since "unknown" is not "changed".
+    """
+    if old is None or new is None:
+        return []
+    changes = _set_change("Requires-Dist", old.requires_dist, new.requires_dist)
+    if _specifier_key(old.requires_python) != _specifier_key(new.requires_python):
+        changes += _value_change("Requires-Python", old.requires_python, new.requires_python)
+    if old.build_backend and new.build_backend:
+        if old.build_backend != new.build_backend:
+            changes += _value_change("build backend", old.build_backend, new.build_backend)
+        changes += _set_change("build requires", old.build_requires, new.build_requires)
+    if old.license != new.license:
+        changes += _value_change("license", old.license, new.license)
+    return changes
+
+
+def _code(value: object) -> str:
+    """An inline code span holding value whatever backticks it contains (CommonMark 6.1)."""
+    text = _CONTROL.sub(" ", str(value))
+    if not text.strip():
+        return '""' if not text else f"`{text}`"
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    # One space each side is stripped by the renderer; it keeps a leading or trailing
+    # backtick from joining the fence.
+    if text[0] in "` " or text[-1] in "` ":
+        text = f" {text} "
+    return f"{fence}{text}{fence}"
+
+
+def _text(value: object) -> str:
+    """Running text with markup characters escaped, on one line."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", _CONTROL.sub(" ", str(value)))
+
+
+def _link(url: str) -> str:
+    # An autolink needs no escaping; anything that can't be one is shown, not linked.
+    return f"<{url}>" if _is_web_url(url) else _code(url)
+
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("bot", "templates"),
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
+    # Block tags on their own lines leave no blank lines behind (Markdown is line-sensitive).
+    trim_blocks=True,
+    lstrip_blocks=True,
     autoescape=False,
 )
+_ENV.filters.update(code=_code, text=_text, link=_link)
 
 
 @dataclass(frozen=True)
@@ -27,6 +194,14 @@ class Bump:
     maintainers: tuple[str, ...]
     page_url: str
     requires_python: str | None = None
+    old_meta: ProjectMetadata | None = None
+    new_meta: ProjectMetadata | None = None
+    # Enrolled projects that depend on this one.
+    affected: tuple[str, ...] = ()
+    # Older bot PRs of this project that this one closes.
+    supersedes: tuple[int, ...] = ()
+    # Older bot PRs left open because someone other than the bot pushed to them.
+    kept_open: tuple[int, ...] = ()
 
     @property
     def branch(self) -> str:
@@ -45,6 +220,7 @@ class Bump:
         )
 
     def body(self) -> str:
+        urls = self.new_meta.project_urls if self.new_meta is not None else ()
         return _ENV.get_template("bump.md.j2").render(
             project=self.project,
             old=self.old,
@@ -53,6 +229,23 @@ class Bump:
             maintainers=self.maintainers,
             page_url=self.page_url,
             requires_python=self.requires_python,
+            changelog=changelog_url(urls),
+            source_repo=source_url(urls),
+            changes=metadata_changes(self.old_meta, self.new_meta),
+            unknown=[
+                version
+                for version, meta in ((self.old, self.old_meta), (self.new, self.new_meta))
+                if meta is None
+            ],
+            notes=[
+                (version, note)
+                for version, meta in ((self.old, self.old_meta), (self.new, self.new_meta))
+                if meta is not None
+                for note in meta.source.split("; ")[1:]
+            ],
+            affected=self.affected,
+            supersedes=self.supersedes,
+            kept_open=self.kept_open,
         )
 
 

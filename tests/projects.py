@@ -32,8 +32,13 @@ def make_project(
     *,
     dependencies: tuple[str, ...] = (),
     build_requires: tuple[str, ...] = (),
+    license: str | None = None,
+    urls: tuple[tuple[str, str], ...] = (),
 ) -> Path:
-    """A flit project whose module records its own version, so tests can see which one ran."""
+    """A flit project whose module records its own version, so tests can see which one ran.
+
+    `license` is a PEP 639 expression (License-Expression); `urls` become Project-URL fields.
+    """
     module = name.replace("-", "_")
     project = root / f"{name}-{version}"
     (project / module).mkdir(parents=True)
@@ -43,6 +48,12 @@ def make_project(
         dependencies=json.dumps(list(dependencies)),
         build_requires=json.dumps(["flit_core>=3.9", *build_requires]),
     )
+    if license is not None:
+        # [project] is the last table in FLIT_PYPROJECT, so the key lands in it.
+        text += f"license = {json.dumps(license)}\n"
+    if urls:
+        text += "\n[project.urls]\n"
+        text += "".join(f"{json.dumps(label)} = {json.dumps(url)}\n" for label, url in urls)
     (project / "pyproject.toml").write_text(text)
     (project / module / "__init__.py").write_text(
         f'"""Fixture {name}."""\n\n__version__ = "{version}"\n'

@@ -19,6 +19,7 @@ from tenacity import wait_none
 
 from bot.errors import UpstreamError
 from bot.metadata import (
+    CACHE_FORMAT,
     LEGACY_BACKEND,
     LEGACY_REQUIRES,
     MetadataCache,
@@ -27,7 +28,9 @@ from bot.metadata import (
 )
 from bot.upstream import DistFile, Upstream, make_client
 
-from projects import fixture_sdist
+from projects import fixture_sdist, make_project
+from projects import make_sdist as build_sdist
+from projects import make_wheel as build_wheel
 from support import JSON_V1, UpstreamServer
 
 REQUIRES = (
@@ -243,6 +246,142 @@ def test_real_flit_sdist(
     assert meta.requires_python == ">=3.8"
     assert meta.requires_dist == ()
     assert meta.source == "sdist"
+
+
+URLS = (
+    ("Changelog", "https://example.invalid/demo/changes.html"),
+    ("Homepage", "https://example.invalid/demo"),
+    ("Source", "https://example.invalid/git/demo"),
+)
+
+
+@pytest.mark.parametrize("kinds", [("sdist",), ("sdist", "wheel")])
+def test_real_flit_release_license_and_urls(
+    server: UpstreamServer,
+    upstream: Upstream,
+    cache: MetadataCache,
+    tmp_path: Path,
+    kinds: tuple[str, ...],
+) -> None:
+    project = make_project(
+        tmp_path / "src", "fixture-pkg", "0.4", license="MIT OR Apache-2.0", urls=URLS
+    )
+    if "wheel" in kinds:
+        server.add_file("fixture-pkg", build_wheel(project, tmp_path / "wheel"))
+    server.add_file("fixture-pkg", build_sdist(project, tmp_path / "sdist"))
+
+    meta = fetch_metadata(
+        upstream, dists(server, "fixture-pkg"), "fixture-pkg", "0.4", cache, workdir=tmp_path / "w"
+    )
+
+    assert meta.source == kinds[-1]
+    # flit writes the PEP 639 License-Expression; Project-URL keeps labels as written.
+    assert meta.license == "MIT OR Apache-2.0"
+    assert meta.project_urls == URLS
+    assert cache.get("fixture-pkg", "0.4") == meta
+
+
+MIT_TEXT = (
+    "License: Copyright (c) 2024 Demo Authors\n"
+    "        \n"
+    "        Permission is hereby granted, free of charge, to any person\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param("", None, id="nothing declared"),
+        pytest.param(
+            "License-Expression: Apache-2.0\nLicense: BSD\n"
+            "Classifier: License :: OSI Approved :: MIT License\n",
+            "Apache-2.0",
+            id="PEP 639 expression wins",
+        ),
+        pytest.param(
+            "License: BSD-3-Clause\nClassifier: License :: OSI Approved :: MIT License\n",
+            "BSD-3-Clause",
+            id="short License field",
+        ),
+        pytest.param(
+            "License: MIT License\n        \n        Permission is hereby granted\n",
+            "MIT License",
+            id="first line of a license text that starts with its name",
+        ),
+        pytest.param(
+            MIT_TEXT + "Classifier: License :: OSI Approved :: MIT License\n",
+            "MIT License",
+            id="license text starting with copyright falls back to classifiers",
+        ),
+        pytest.param(
+            "License: UNKNOWN\n"
+            "Classifier: Programming Language :: Python\n"
+            "Classifier: License :: OSI Approved :: MIT License\n"
+            "Classifier: License :: OSI Approved\n"
+            "Classifier: License :: OSI Approved :: Apache Software License\n"
+            "Classifier: License :: OSI Approved :: MIT License\n",
+            "MIT License, Apache Software License",
+            id="classifiers joined, deduplicated",
+        ),
+        pytest.param(f"License: {'x' * 81}\n", None, id="one long line is not a name"),
+        pytest.param("Classifier: License :: OSI Approved\n", None, id="no license named"),
+    ],
+)
+def test_license(
+    server: UpstreamServer,
+    upstream: Upstream,
+    cache: MetadataCache,
+    tmp_path: Path,
+    headers: str,
+    expected: str | None,
+) -> None:
+    server.add_file("demo-pkg", make_wheel(tmp_path, core_metadata(extra_headers=headers)))
+
+    meta = fetch_metadata(upstream, dists(server), "demo-pkg", "1.0", cache, workdir=tmp_path / "w")
+
+    assert meta.license == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param("", (), id="none"),
+        pytest.param(
+            "Project-URL: Documentation, https://docs.invalid/\n"
+            "Project-URL: Change Log , https://example.invalid/log?a=1,2\n"
+            "Home-page: https://example.invalid/\n",
+            (
+                ("Documentation", "https://docs.invalid/"),
+                ("Change Log", "https://example.invalid/log?a=1,2"),
+                ("Homepage", "https://example.invalid/"),
+            ),
+            id="file order, home page last, comma in the url",
+        ),
+        pytest.param(
+            "Home-page: https://example.invalid/\nProject-URL: Home, https://example.invalid/\n",
+            (("Home", "https://example.invalid/"),),
+            id="home page already listed",
+        ),
+        pytest.param(
+            "Home-page: UNKNOWN\nProject-URL: no comma here\nProject-URL: Empty,\n",
+            (),
+            id="placeholders and malformed entries are dropped",
+        ),
+    ],
+)
+def test_project_urls(
+    server: UpstreamServer,
+    upstream: Upstream,
+    cache: MetadataCache,
+    tmp_path: Path,
+    headers: str,
+    expected: tuple[tuple[str, str], ...],
+) -> None:
+    server.add_file("demo-pkg", make_wheel(tmp_path, core_metadata(extra_headers=headers)))
+
+    meta = fetch_metadata(upstream, dists(server), "demo-pkg", "1.0", cache, workdir=tmp_path / "w")
+
+    assert meta.project_urls == expected
 
 
 def test_non_ascii_header_values_are_decoded(
@@ -669,8 +808,12 @@ def test_second_fetch_makes_no_requests(
         "{ not json",
         "[]",
         '{"format": 999, "metadata": {}}',
-        '{"format": 1, "metadata": {"project": "demo-pkg"}}',
-        '{"format": 1, "metadata": {"project": "other", "version": "1.0", "requires_dist": [],'
+        '{"format": 2, "metadata": {"project": "demo-pkg"}}',
+        '{"format": 2, "metadata": {"project": "other", "version": "1.0", "requires_dist": [],'
+        ' "requires_python": null, "build_requires": [], "build_backend": "x", "source": "wheel",'
+        ' "license": null, "project_urls": []}}',
+        # Format 1 had no license or URLs: read as today's shape it would claim "none declared".
+        '{"format": 1, "metadata": {"project": "demo-pkg", "version": "1.0", "requires_dist": [],'
         ' "requires_python": null, "build_requires": [], "build_backend": "x", "source": "wheel"}}',
     ],
 )
@@ -740,8 +883,13 @@ def test_project_metadata_json_round_trip_and_errors() -> None:
         build_requires=("setuptools",),
         build_backend="setuptools.build_meta",
         source="sdist",
+        license="MIT",
+        project_urls=(("Changelog", "https://example.invalid/c"), ("Homepage", "https://h")),
     )
     assert ProjectMetadata.from_json(json.loads(json.dumps(meta.to_json()))) == meta
+    bare = dataclasses.replace(meta, license=None, project_urls=())
+    assert ProjectMetadata.from_json(json.loads(json.dumps(bare.to_json()))) == bare
+    assert CACHE_FORMAT == 2
 
     good = meta.to_json()
     for bad, expected in [
@@ -750,6 +898,11 @@ def test_project_metadata_json_round_trip_and_errors() -> None:
         ({**good, "requires_dist": "a"}, "metadata.requires_dist: is not a list"),
         ({**good, "build_requires": ["a", 2]}, r"metadata.build_requires\[1\]: is not a string"),
         ({**good, "requires_python": 3.9}, "metadata.requires_python: is not a string"),
+        ({**good, "license": ["MIT"]}, "metadata.license: is not a string"),
+        ({**good, "project_urls": {"a": "b"}}, "metadata.project_urls: is not a list"),
+        ({**good, "project_urls": [["a", "b"], ["a"]]}, r"metadata.project_urls\[1\]: is not a"),
+        ({**good, "project_urls": [["a", 1]]}, r"metadata.project_urls\[0\]: is not a \[label"),
+        ({k: v for k, v in good.items() if k != "project_urls"}, "project_urls: is not a list"),
     ]:
         with pytest.raises(ValueError, match=expected):
             ProjectMetadata.from_json(bad)
