@@ -7,11 +7,13 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from bot import __version__, feedstock, gate, index, registry, serve, tick
 from bot import graph as graphs
 from bot.builder import run_in_own_session
+from bot.context import MAX_NEW_PRS, MAX_OPEN_PRS, Bot, Summary
 from bot.errors import BuildError, ProjectNotFound, UpstreamError, WheelstockError
 from bot.forge.local import LocalForge
 from bot.fsutil import atomic_write_text
@@ -58,6 +60,26 @@ def _port(text: str) -> int:
     return port
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more)")
+    return value
+
+
+def _hours(text: str) -> timedelta:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 24 * 365 * 10:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours")
+    return timedelta(hours=value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
@@ -66,7 +88,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wheelstock {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("tick", parents=[common], help="run one whole cycle of the bot")
+    tick_cmd = commands.add_parser("tick", parents=[common], help="run one whole cycle of the bot")
+    tick_cmd.add_argument(
+        "--max-new-prs",
+        type=_count,
+        default=MAX_NEW_PRS,
+        metavar="N",
+        help=f"open at most N pull requests in this tick (default: {MAX_NEW_PRS})",
+    )
+    tick_cmd.add_argument(
+        "--max-open-prs",
+        type=_count,
+        default=MAX_OPEN_PRS,
+        metavar="M",
+        help=f"keep at most M bot pull requests open per feedstock (default: {MAX_OPEN_PRS})",
+    )
+    tick_cmd.add_argument(
+        "--no-build",
+        action="store_true",
+        help="only watch upstream and tend pull requests; build and publish in a later tick",
+    )
+    tick_cmd.add_argument(
+        "--min-release-age",
+        type=_hours,
+        metavar="HOURS",
+        help="propose a release only once it is this old (earliest upload time of its files)",
+    )
     commands.add_parser(
         "status", parents=[common], help="every project: state, feedstock, PRs, last build"
     )
@@ -99,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing = pr.add_parser("list", parents=[common], help="list pull requests")
     listing.add_argument("--all", action="store_true", help="include merged and closed ones")
+    comment = pr.add_parser(
+        "comment", parents=[common], help="comment on a pull request (e.g. a bot command)"
+    )
+    comment.add_argument("number", type=int)
+    comment.add_argument("--as", dest="handle", required=True, help="who comments")
+    comment.add_argument("text", help='the comment, e.g. "@wheelstock rebuild"')
     for name, text in (("show", "body and diff"), ("merge", "merge into main"), ("close", "close")):
         sub = pr.add_parser(name, parents=[common], help=f"{text} of a pull request")
         sub.add_argument("number", type=int)
@@ -166,20 +219,23 @@ def _upstream(args: argparse.Namespace) -> Upstream:
     return Upstream(url, make_client())
 
 
-def _bot(args: argparse.Namespace, state: State) -> tick.Bot:
-    return tick.Bot(
+def _bot(args: argparse.Namespace, state: State) -> Bot:
+    return Bot(
         state=state,
         forge=LocalForge(state.forge_dir),
         upstream=_upstream(args),
         registry_dir=args.registry,
         template_dir=args.template,
+        max_new_prs=getattr(args, "max_new_prs", MAX_NEW_PRS),
+        max_open_prs=getattr(args, "max_open_prs", MAX_OPEN_PRS),
+        min_release_age=getattr(args, "min_release_age", None),
     )
 
 
 def cmd_tick(args: argparse.Namespace, state: State) -> int:
     bot = _bot(args, state)
     print(f"upstream: {bot.upstream.index_url}")
-    summary = tick.tick(bot)
+    summary = tick.tick(bot, build=not args.no_build)
     print(summary.line())
     return 1 if summary.errors or summary.failed else 0
 
@@ -214,7 +270,7 @@ def cmd_status(args: argparse.Namespace, state: State) -> int:
 
 def cmd_build(args: argparse.Namespace, state: State) -> int:
     bot = _bot(args, state)
-    summary = tick.Summary()
+    summary = Summary()
     reg = tick.load_registry(bot, summary)
     tick.build_heads(bot, tick.active(bot, reg, summary), summary)
     print(f"build: {summary.built} built, {summary.failed} failed, {len(summary.errors)} errors")
@@ -272,7 +328,15 @@ def cmd_pr(args: argparse.Namespace, state: State) -> int:
     if args.action == "show":
         p = forge.get_pr(args.number)
         print(f"#{p.number} {p.title} [{p.state}]\nbranch: {p.branch}\n\n{p.body}")
+        for c in forge.comments(args.number):
+            print(f"--- comment {c.id} by @{c.author} at {c.created_at}\n{c.body}\n")
         print(forge.diff(args.number), end="")
+        return 0
+    if args.action == "comment":
+        if not args.text.strip():
+            raise WheelstockError("a comment needs some text")
+        c = forge.comment(args.number, args.handle, args.text)
+        print(f"commented on #{args.number} as {c.author}; the next tick acts on any command")
         return 0
     if args.action == "merge":
         p = forge.merge_pr(args.number, args.handle)
@@ -316,7 +380,7 @@ def _names(names: set[str] | list[str]) -> str:
 def cmd_graph(args: argparse.Namespace, state: State) -> int:
     bot = _bot(args, state)
     bot.echo = lambda line: print(line, file=sys.stderr)  # progress apart from the answer
-    summary = tick.Summary()
+    summary = Summary()
     reg = tick.load_registry(bot, summary)
     graph = tick.dependency_graph(bot, reg.entries, summary)
     if args.action == "order":

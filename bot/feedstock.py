@@ -138,6 +138,43 @@ def bump(text: str, version: str, source: Source, where: str = FEEDSTOCK_FILE) -
     return out.getvalue()
 
 
+def set_template(text: str, version: int, where: str = FEEDSTOCK_FILE) -> str:
+    """Return ``feedstock.yaml`` with only its ``template`` number changed, round-trip."""
+    data = _load(text, where)
+    Feedstock.from_dict(data, where)
+    data["template"] = version
+    out = io.StringIO()
+    _yaml().dump(data, out)
+    return out.getvalue()
+
+
+def rerender(
+    template_dir: Path,
+    text: str,
+    *,
+    maintainers: tuple[str, ...],
+    consent: str,
+    where: str = FEEDSTOCK_FILE,
+) -> dict[str, str]:
+    """The files a re-render writes onto a feedstock whose ``feedstock.yaml`` is ``text``.
+
+    Every template file is rendered anew from the feedstock's own version and source, except
+    ``feedstock.yaml`` itself: a reviewer may have edited it, so only its ``template`` number
+    changes (DESIGN: it is edited round-trip, comments kept).
+    """
+    current = parse(text, where)
+    files = render(
+        template_dir,
+        project=current.project,
+        version=current.version,
+        source=current.source,
+        maintainers=maintainers,
+        consent=consent,
+    )
+    files[FEEDSTOCK_FILE] = set_template(text, template_version(template_dir), where)
+    return files
+
+
 def template_version(template_dir: Path) -> int:
     path = template_dir / TEMPLATE_VERSION_FILE
     try:

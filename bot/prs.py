@@ -1,29 +1,40 @@
-"""What the bot proposes on a feedstock: branch names, titles and bodies of bump PRs."""
+"""What the bot proposes on a feedstock: which PRs to open or supersede, titles and bodies."""
 
 from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import jinja2
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from bot.feedstock import Source
+from bot.forge import PullRequest
 from bot.metadata import ProjectMetadata
 
 __all__ = [
+    "COMMANDS",
     "Bump",
     "Change",
+    "Rerender",
+    "Supersede",
+    "backoff",
     "bump_branch",
     "changelog_url",
     "metadata_changes",
     "normalize_label",
+    "parse_branch",
+    "parse_commands",
+    "rerender_branch",
     "source_url",
+    "supersessions",
 ]
 
 # Core metadata, "Well-known Project URLs": labels are compared after normalize_label.
@@ -251,3 +262,137 @@ class Bump:
 
 def bump_branch(project: str, version: str) -> str:
     return f"wheelstock/{project}-{version}"
+
+
+def rerender_branch(template: int) -> str:
+    # A path below "wheelstock/rerender" never clashes with a bump branch, which always
+    # ends in "-<version>" right after the project name.
+    return f"wheelstock/rerender/v{template}"
+
+
+def parse_branch(project: str, branch: str) -> tuple[str, str] | None:
+    """("bump", version) or ("rerender", template) for the bot's own branches, else None."""
+    match = re.fullmatch(r"wheelstock/rerender/v(\d+)", branch)
+    if match:
+        return "rerender", match.group(1)
+    prefix = f"wheelstock/{project}-"
+    if branch.startswith(prefix):
+        try:
+            return "bump", str(Version(branch[len(prefix) :]))
+        except InvalidVersion:
+            return None
+    return None
+
+
+def _rank(kind: str, version: str) -> Version:
+    return Version(version) if kind == "bump" else Version(f"0!{int(version)}")
+
+
+@dataclass(frozen=True)
+class Supersede:
+    """An older bot PR made moot by a newer one of the same kind."""
+
+    old: PullRequest
+    new: PullRequest
+    close: bool  # False when someone other than the bot pushed to the old branch
+
+
+def supersessions(
+    project: str, prs: Iterable[PullRequest], touched: Callable[[PullRequest], bool]
+) -> list[Supersede]:
+    """For each kind, every open bot PR older than the newest open one of that kind.
+
+    ``touched(pr)`` says whether anyone but the bot pushed to the PR's branch: such a PR
+    carries someone's work, so it is left open (and the newer PR says so).
+    """
+    newest: dict[str, tuple[Version, PullRequest]] = {}
+    ours = []
+    for pr in prs:
+        parsed = parse_branch(project, pr.branch) if pr.state == "open" else None
+        if parsed is None:
+            continue
+        kind, version = parsed
+        rank = _rank(kind, version)
+        ours.append((kind, rank, pr))
+        if kind not in newest or rank > newest[kind][0]:
+            newest[kind] = (rank, pr)
+    return [
+        Supersede(old=pr, new=newest[kind][1], close=not touched(pr))
+        for kind, rank, pr in sorted(ours, key=lambda item: item[2].number)
+        if rank < newest[kind][0]
+    ]
+
+
+# --- comment commands -------------------------------------------------------------------------
+
+COMMANDS = ("rerender", "rebuild", "close")
+_COMMAND = re.compile(r"^\s*@wheelstock\s+(\S+)", re.IGNORECASE | re.MULTILINE)
+
+
+def parse_commands(body: str) -> list[str]:
+    """The commands in a comment, one per line that starts with ``@wheelstock``, in order.
+
+    An unknown word comes back as it was written, so the bot can answer that it does not
+    know it rather than stay silent.
+    """
+    return [match.group(1).lower().rstrip(".,!:;") for match in _COMMAND.finditer(body)]
+
+
+# --- backoff ----------------------------------------------------------------------------------
+
+BACKOFF_BASE = timedelta(hours=2)
+BACKOFF_CAP = timedelta(days=7)
+
+
+def backoff(failures: int) -> timedelta:
+    """How long to leave a project alone after ``failures`` failed attempts in a row.
+
+    2 h after the first, doubling each time (2 h x 2^(failures-1)), never more than a week.
+    """
+    if failures < 1:
+        return timedelta(0)
+    # Capped before it is computed, so a huge count cannot overflow the timedelta.
+    doublings = min(failures - 1, 16)
+    return min(BACKOFF_BASE * (1 << doublings), BACKOFF_CAP)
+
+
+# --- rerender PRs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rerender:
+    """A pull request that brings a feedstock's files to the current feedstock-template."""
+
+    project: str
+    old: int
+    new: int
+    changed: tuple[str, ...]  # paths the re-render touches
+    maintainers: tuple[str, ...]
+    supersedes: tuple[int, ...] = ()
+    kept_open: tuple[int, ...] = ()
+
+    @property
+    def branch(self) -> str:
+        return rerender_branch(self.new)
+
+    @property
+    def title(self) -> str:
+        return f"{self.project}: re-render with feedstock-template v{self.new}"
+
+    @property
+    def commit_message(self) -> str:
+        return (
+            f"Re-render {self.project}-feedstock with feedstock-template v{self.new}\n\n"
+            f"The files were rendered from v{self.old}."
+        )
+
+    def body(self) -> str:
+        return _ENV.get_template("rerender.md.j2").render(
+            project=self.project,
+            old=self.old,
+            new=self.new,
+            changed=self.changed,
+            maintainers=self.maintainers,
+            supersedes=self.supersedes,
+            kept_open=self.kept_open,
+        )

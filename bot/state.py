@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bot.errors import WheelstockError
@@ -31,6 +31,25 @@ CREATE TABLE IF NOT EXISTS retired (
     project TEXT PRIMARY KEY,      -- a feedstock whose registry entry was removed
     retired_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS intents (
+    project TEXT NOT NULL,
+    branch TEXT NOT NULL,          -- the duplicate key: one PR per branch, ever
+    kind TEXT NOT NULL,            -- bump | rerender
+    version TEXT NOT NULL,         -- the release, or the template version of a rerender
+    pr_number INTEGER,             -- set once the PR is open
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (project, branch)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    project TEXT PRIMARY KEY,      -- a project whose last sync failed
+    failures INTEGER NOT NULL,     -- in a row
+    reason TEXT NOT NULL,
+    next_attempt TEXT NOT NULL     -- ISO 8601, UTC
+);
+CREATE TABLE IF NOT EXISTS comments_seen (
+    pr_number INTEGER PRIMARY KEY, -- the newest comment the bot has acted on, per PR
+    last_id INTEGER NOT NULL
+);
 """
 
 # failed: the build or its source was refused; skipped: the version is already published;
@@ -50,6 +69,31 @@ STATUSES = (
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A PR the bot set out to open: recorded before anything is pushed."""
+
+    project: str
+    branch: str
+    kind: str
+    version: str
+    pr_number: int | None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A project whose syncs keep failing, and when the bot tries it again."""
+
+    project: str
+    failures: int
+    reason: str
+    next_attempt: datetime
 
 
 @dataclass(frozen=True)
@@ -194,6 +238,89 @@ class State:
                     "reason = COALESCE(?, reason) WHERE id = ?",
                     (status, by, now(), reason, build.id),
                 )
+
+    # -- PR intents ------------------------------------------------------------------------
+    def record_intent(self, project: str, branch: str, kind: str, version: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO intents (project, branch, kind, version, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (project, branch, kind, version, now()),
+            )
+
+    def intent_opened(self, project: str, branch: str, number: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE intents SET pr_number = ? WHERE project = ? AND branch = ?",
+                (number, project, branch),
+            )
+
+    def drop_intent(self, project: str, branch: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM intents WHERE project = ? AND branch = ?", (project, branch))
+
+    def intents(self, project: str | None = None, *, pending: bool = False) -> list[Intent]:
+        query = "SELECT project, branch, kind, version, pr_number FROM intents WHERE 1=1"
+        args: list[str] = []
+        if project is not None:
+            query += " AND project = ?"
+            args.append(project)
+        if pending:
+            query += " AND pr_number IS NULL"
+        return [
+            Intent(str(p), str(b), str(k), str(v), None if n is None else int(n))
+            for p, b, k, v, n in self.db.execute(query + " ORDER BY created_at, branch", args)
+        ]
+
+    # -- backoff of failing projects -------------------------------------------------------
+    def attempt(self, project: str) -> Attempt | None:
+        return self.attempts().get(project)
+
+    def attempts(self) -> dict[str, Attempt]:
+        rows = self.db.execute("SELECT project, failures, reason, next_attempt FROM attempts")
+        return {
+            str(p): Attempt(str(p), int(f), str(r), datetime.fromisoformat(str(t)))
+            for p, f, r, t in rows
+        }
+
+    def record_failure(
+        self, project: str, reason: str, when: datetime, delay: Callable[[int], timedelta]
+    ) -> Attempt:
+        """Count one more failure in a row; the next attempt waits ``delay(failures)``."""
+        previous = self.attempt(project)
+        failures = 1 if previous is None else previous.failures + 1
+        attempt = Attempt(project, failures, reason, when + delay(failures))
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?)",
+                (project, failures, reason, iso(attempt.next_attempt)),
+            )
+        return attempt
+
+    def clear_failures(self, project: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM attempts WHERE project = ?", (project,))
+
+    # -- PR comments the bot has acted on ------------------------------------------------
+    def last_comment_seen(self, number: int) -> int:
+        row = self.db.execute(
+            "SELECT last_id FROM comments_seen WHERE pr_number = ?", (number,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def see_comment(self, number: int, comment_id: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO comments_seen VALUES (?, ?) ON CONFLICT (pr_number) "
+                "DO UPDATE SET last_id = MAX(last_id, excluded.last_id)",
+                (number, comment_id),
+            )
+
+    def forget_build(self, build: Build) -> None:
+        """Drop a failed build's record so its commit is built again (``@wheelstock rebuild``)."""
+        assert build.status == "failed"
+        with self.transaction() as db:
+            db.execute("DELETE FROM builds WHERE id = ?", (build.id,))
 
     def retired(self) -> set[str]:
         return {str(row[0]) for row in self.db.execute("SELECT project FROM retired")}

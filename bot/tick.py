@@ -5,66 +5,27 @@ from __future__ import annotations
 import platform
 import shutil
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from bot import __version__, feedstock, gate, registry
-from bot.builder import BuildResult, Runner, build_wheel, run_in_own_session
+from bot import __version__, feedstock, gate, propose, registry
+from bot.builder import BuildResult, Runner, build_wheel
+from bot.context import Bot, Summary
 from bot.errors import ProjectNotFound, SourceRefused, WheelstockError
 from bot.feedstock import FEEDSTOCK_FILE, Feedstock, Source
 from bot.forge import Forge
 from bot.fsutil import sha256_file
 from bot.graph import Graph, Requirements, Target, build_graph
-from bot.metadata import MetadataCache, fetch_metadata
-from bot.prs import Bump, bump_branch
+from bot.metadata import MetadataCache, ProjectMetadata, fetch_metadata
+from bot.prs import Bump, backoff
 from bot.registry import Entry
-from bot.state import State, now
-from bot.upstream import DistFile, Upstream
-from bot.versions import Release, latest_release
-
-
-@dataclass
-class Bot:
-    """Everything a tick needs, passed in so tests can give real parts on loopback."""
-
-    state: State
-    forge: Forge
-    upstream: Upstream
-    registry_dir: Path
-    template_dir: Path
-    runner: Runner = run_in_own_session
-    echo: Callable[[str], None] = print
-
-
-@dataclass
-class Summary:
-    """What a tick did, counted for the closing line."""
-
-    projects: int = 0
-    created: int = 0
-    opened: int = 0
-    built: int = 0
-    failed: int = 0
-    published: int = 0
-    skipped: int = 0
-    retired: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def line(self) -> str:
-        extra = "".join(
-            f", {count} {what}"
-            for count, what in ((self.skipped, "skipped"), (self.retired, "retired"))
-            if count
-        )
-        return (
-            f"tick: {self.projects} projects, {self.created} feedstocks created, "
-            f"{self.opened} PRs opened, {self.built} built, {self.failed} failed, "
-            f"{self.published} published{extra}, {len(self.errors)} errors"
-        )
+from bot.state import State, iso, now
+from bot.upstream import DistFile, ProjectPage, Upstream
+from bot.versions import Choice, Release, choose_release, latest_release
 
 
 def _source(release: Release) -> tuple[Source, DistFile]:
@@ -85,42 +46,117 @@ def wanted_release(
     )
 
 
-def sync_project(bot: Bot, entry: Entry, summary: Summary) -> None:
-    """Create the feedstock, or open a bump PR when upstream has a newer final release."""
-    page = bot.upstream.project(entry.project)
-    forge = bot.forge
-    if not forge.has_feedstock(entry.name):
-        release = wanted_release(entry, page.files)
-        if release is None:
-            raise WheelstockError(
-                f"upstream has no final, non-yanked release of {entry.project} with an sdist"
-            )
-        source, _ = _source(release)
-        files = feedstock.render(
-            bot.template_dir,
-            project=entry.project,
-            version=str(release.version),
-            source=source,
-            maintainers=entry.maintainers,
-            consent=entry.consent,
+def choose(
+    bot: Bot, entry: Entry, files: tuple[DistFile, ...], newer_than: Version | None = None
+) -> Choice:
+    """Like ``wanted_release``, also honouring the operator's minimum release age."""
+    choice = choose_release(
+        files,
+        newer_than=newer_than,
+        prereleases=entry.prereleases,
+        ignore=entry.ignored,
+        min_age=bot.min_release_age,
+        now=bot.clock(),
+    )
+    if choice.waiting is not None and choice.ready_at is not None:
+        bot.echo(
+            f"{entry.name}: {choice.waiting.version} waits for its minimum release age "
+            f"until {iso(choice.ready_at)}"
         )
-        forge.create_feedstock(
-            entry.name, files, f"Create feedstock for {entry.project} {release.version}"
-        )
-        summary.created += 1
-        bot.echo(f"created {entry.name}-feedstock at {release.version}")
-        return
+    return choice
 
-    text = forge.read_file(entry.name, FEEDSTOCK_FILE)
-    current = feedstock.parse(text, f"{entry.name}-feedstock/{FEEDSTOCK_FILE}")
-    release = wanted_release(entry, page.files, Version(current.version))
+
+def create_feedstock(bot: Bot, entry: Entry, page: ProjectPage, summary: Summary) -> None:
+    choice = choose(bot, entry, page.files)
+    release = choice.release
     if release is None:
+        if choice.waiting is not None:
+            return
+        raise WheelstockError(
+            f"upstream has no final, non-yanked release of {entry.project} with an sdist"
+        )
+    source, _ = _source(release)
+    files = feedstock.render(
+        bot.template_dir,
+        project=entry.project,
+        version=str(release.version),
+        source=source,
+        maintainers=entry.maintainers,
+        consent=entry.consent,
+    )
+    bot.forge.create_feedstock(
+        entry.name, files, f"Create feedstock for {entry.project} {release.version}"
+    )
+    summary.created += 1
+    bot.echo(f"created {entry.name}-feedstock at {release.version}")
+
+
+Affected = Callable[[str], tuple[str, ...]]
+
+
+def sync_project(
+    bot: Bot, entry: Entry, page: ProjectPage, summary: Summary, affected: Affected
+) -> None:
+    """Create the feedstock, or propose what it lacks: a newer release, the newest template."""
+    if not bot.forge.has_feedstock(entry.name):
+        create_feedstock(bot, entry, page, summary)
         return
-    branch = bump_branch(entry.name, str(release.version))
-    # Never two PRs for one (project, version): the branch names the pair, and a PR that a
-    # volunteer closed stays closed rather than coming back every tick.
-    if any(pr.branch == branch for pr in forge.pull_requests(entry.name)):
-        return
+    propose.reconcile(bot, entry.name)
+    text = bot.forge.read_file(entry.name, FEEDSTOCK_FILE)
+    current = feedstock.parse(text, f"{entry.name}-feedstock/{FEEDSTOCK_FILE}")
+    release = choose(bot, entry, page.files, Version(current.version)).release
+    if release is not None:
+        propose_bump(bot, entry, page, text, release, summary, affected)
+    propose.rerender_feedstock(bot, entry, summary)
+    propose.settle(bot, entry.name, summary)
+
+
+def verify_sdist(bot: Bot, entry: Entry, source: Source) -> Path:
+    """Download the sdist and check upstream's sha256 before a PR names it (kept for the build)."""
+    path = bot.state.downloads_dir / entry.name / source.filename
+    if not (path.is_file() and sha256_file(path) == source.sha256):
+        bot.upstream.download(source.url, path, source.sha256)
+    return path
+
+
+def metadata_of(
+    bot: Bot, entry: Entry, version: str, files: tuple[DistFile, ...] | None = None
+) -> ProjectMetadata:
+    """The metadata of ``entry`` at ``version``: cached, else read from upstream's files."""
+    cache = MetadataCache(bot.state.root / "metadata")
+    meta = cache.get(entry.name, version)
+    if meta is None:
+        bot.echo(f"reading the metadata of {entry.name} {version} ...")
+        if files is None:
+            files = bot.upstream.project(entry.project).files
+        workdir = bot.state.root / "tmp"
+        workdir.mkdir(parents=True, exist_ok=True)
+        meta = fetch_metadata(bot.upstream, files, entry.project, version, cache, workdir=workdir)
+    return meta
+
+
+def _metadata_or_none(
+    bot: Bot, entry: Entry, version: str, files: tuple[DistFile, ...]
+) -> ProjectMetadata | None:
+    # The PR says "unknown" rather than not being opened: the bump itself does not need it.
+    try:
+        return metadata_of(bot, entry, version, files)
+    except WheelstockError as exc:
+        bot.echo(f"{entry.name}: metadata of {version} unknown ({exc})")
+        return None
+
+
+def propose_bump(
+    bot: Bot,
+    entry: Entry,
+    page: ProjectPage,
+    text: str,
+    release: Release,
+    summary: Summary,
+    affected: Affected,
+) -> None:
+    """Open the version-bump PR for ``release`` (one commit editing feedstock.yaml)."""
+    current = feedstock.parse(text, f"{entry.name}-feedstock/{FEEDSTOCK_FILE}")
     source, sdist = _source(release)
     bump = Bump(
         project=entry.name,
@@ -131,16 +167,39 @@ def sync_project(bot: Bot, entry: Entry, summary: Summary) -> None:
         page_url=page.url,
         requires_python=sdist.requires_python,
     )
-    if branch not in forge.branches(entry.name):
-        forge.push_change(
-            entry.name,
-            branch,
-            {FEEDSTOCK_FILE: feedstock.bump(text, bump.new, source)},
-            bump.commit_message,
-        )
-    pr = forge.open_pr(entry.name, branch, bump.title, bump.body())
-    summary.opened += 1
-    bot.echo(f"opened PR #{pr.number}: {pr.title}")
+    # Never two PRs for one (project, version): the branch names the pair, and a PR that a
+    # volunteer closed stays closed rather than coming back every tick.
+    if any(pr.branch == bump.branch for pr in bot.forge.pull_requests(entry.name)):
+        return
+
+    def prepare() -> Mapping[str, str]:
+        verify_sdist(bot, entry, source)
+        return {FEEDSTOCK_FILE: feedstock.bump(text, bump.new, source)}
+
+    def body(closes: tuple[int, ...], kept: tuple[int, ...]) -> str:
+        return replace(
+            bump,
+            old_meta=_metadata_or_none(bot, entry, bump.old, page.files),
+            new_meta=_metadata_or_none(bot, entry, bump.new, page.files),
+            affected=affected(entry.name),
+            supersedes=closes,
+            kept_open=kept,
+        ).body()
+
+    propose.open_proposal(
+        bot,
+        propose.Proposal(
+            project=entry.name,
+            kind="bump",
+            version=bump.new,
+            branch=bump.branch,
+            title=bump.title,
+            prepare=prepare,
+            message=bump.commit_message,
+            body=body,
+        ),
+        summary,
+    )
 
 
 def fetch_and_build(
@@ -255,16 +314,7 @@ def target_of(entry: Entry) -> Target:
 
 def requirements_of(bot: Bot, entry: Entry, version: str) -> Requirements:
     """Run and build requirements of ``entry`` at ``version``: cached, else fetched upstream."""
-    cache = MetadataCache(bot.state.root / "metadata")
-    meta = cache.get(entry.name, version)
-    if meta is None:
-        bot.echo(f"reading the metadata of {entry.name} {version} ...")
-        page = bot.upstream.project(entry.project)
-        workdir = bot.state.root / "tmp"
-        workdir.mkdir(parents=True, exist_ok=True)
-        meta = fetch_metadata(
-            bot.upstream, page.files, entry.project, version, cache, workdir=workdir
-        )
+    meta = metadata_of(bot, entry, version)
     return Requirements(entry.name, version, run=meta.requires_dist, build=meta.build_requires)
 
 
@@ -399,20 +449,92 @@ def active(bot: Bot, reg: registry.Registry, summary: Summary) -> tuple[Entry, .
     return tuple(entries)
 
 
-def tick(bot: Bot) -> Summary:
-    """Run one whole cycle; one project's failure never stops the others."""
+def rebuild(bot: Bot, entry: Entry) -> str:
+    """``@wheelstock rebuild``: build main's head again if its build failed; say what happens."""
+    head = bot.forge.head(entry.name)
+    build = bot.state.build_for(entry.name, head)
+    if build is None:
+        return f"main ({head[:12]}) has not been built yet; it builds in this tick."
+    if build.status != "failed":
+        return (
+            f"{build.version} at {head[:12]} is {build.status}; only a failed build is rebuilt "
+            "(published files never change)."
+        )
+    kept = None
+    if build.directory.exists():
+        # The failed attempt's log stays next to the new one.
+        kept = build.directory.with_name(f"{build.directory.name}.failed-{build.id}")
+        build.directory.rename(kept)
+    bot.state.forget_build(build)
+    where = f"; the failed attempt's log is in {kept}" if kept else ""
+    return f"rebuilding {build.version} from main ({head[:12]}) in this tick{where}."
+
+
+def affected_by(bot: Bot, entries: tuple[Entry, ...]) -> Callable[[str], tuple[str, ...]]:
+    """Enrolled projects that depend on a project; the graph is built once, when first asked."""
+    graph: list[Graph] = []
+
+    def affected(name: str) -> tuple[str, ...]:
+        if not graph:
+            # Metadata that cannot be had leaves a node without edges; that is no error here.
+            graph.append(dependency_graph(bot, entries, Summary()))
+        try:
+            return tuple(sorted(graph[0].impact(name)["any"]))
+        except WheelstockError:
+            return ()
+
+    return affected
+
+
+def sync_all(bot: Bot, entries: tuple[Entry, ...], summary: Summary) -> None:
+    """Sync each entry; one that fails is retried only after an exponential backoff."""
+    moment = bot.clock()
+    attempts = bot.state.attempts()
+    affected = affected_by(bot, entries)
+    for entry in entries:
+        attempt = attempts.get(entry.name)
+        if attempt is not None and attempt.next_attempt > moment:
+            summary.backing_off += 1
+            bot.echo(
+                f"{entry.name}: backing off after {attempt.failures} failed attempts "
+                f"({attempt.reason}); next attempt after {iso(attempt.next_attempt)}"
+            )
+            continue
+        try:
+            page = bot.upstream.project(entry.project)
+            sync_project(bot, entry, page, summary, affected)
+        except WheelstockError as exc:
+            failed = bot.state.record_failure(entry.name, str(exc), moment, backoff)
+            summary.error(
+                bot,
+                entry.name,
+                f"{exc} (failure {failed.failures}; next attempt after {iso(failed.next_attempt)})",
+            )
+        else:
+            if attempt is not None:
+                bot.state.clear_failures(entry.name)
+
+
+def tick(bot: Bot, *, build: bool = True) -> Summary:
+    """Run one whole cycle; one project's failure never stops the others.
+
+    With ``build=False`` only upstream is watched and PRs are tended; merged heads are built
+    and approved builds published by the next full tick.
+    """
     summary = Summary()
     reg = load_registry(bot, summary)
     retire_removed(bot, reg, summary)
     entries = active(bot, reg, summary)
-    for entry in entries:
-        try:
-            sync_project(bot, entry, summary)
-        except WheelstockError as exc:
-            summary.errors.append(f"{entry.name}: {exc}")
-            bot.echo(f"error: {entry.name}: {exc}")
-    build_heads(bot, entries, summary)
-    publish(bot, summary)
+    sync_all(bot, entries, summary)
+    try:
+        propose.answer_commands(
+            bot, {e.name: e for e in reg.entries}, summary, lambda entry: rebuild(bot, entry)
+        )
+    except WheelstockError as exc:
+        summary.error(bot, "commands", str(exc))
+    if build:
+        build_heads(bot, entries, summary)
+        publish(bot, summary)
     return summary
 
 
@@ -442,6 +564,7 @@ def status(state: State, forge: Forge, registry_dir: Path) -> list[ProjectStatus
     problems: dict[str, str] = {canonicalize_name(p.path.stem): str(p) for p in reg.problems}
     names = sorted(set(forge.feedstocks()) | {e.name for e in reg.entries} | set(problems))
     entries = {e.name: e for e in reg.entries}
+    attempts = state.attempts()
     rows = []
     for name in names:
         entry = entries.get(name)
@@ -460,6 +583,12 @@ def status(state: State, forge: Forge, registry_dir: Path) -> list[ProjectStatus
             version = feedstock.parse(text, f"{name}-feedstock/{FEEDSTOCK_FILE}").version
         builds = state.builds(project=name)
         last = builds[-1] if builds else None
+        attempt = attempts.get(name)
+        if attempt is not None and note is None:
+            note = (
+                f"backing off after {attempt.failures} failed attempts: {attempt.reason}; "
+                f"next attempt after {iso(attempt.next_attempt)}"
+            )
         if last is not None and note is None and last.status in ("failed", "refused"):
             note = last.reason
         rows.append(

@@ -6,6 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+# The handle the bot acts under on every forge: its commits, PRs and comments.
+BOT_HANDLE = "wheelstock-bot"
+
 
 @dataclass(frozen=True)
 class PullRequest:
@@ -22,6 +25,17 @@ class PullRequest:
     created_at: str
     merged_commit: str | None = None
     closed_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Comment:
+    """A comment on a pull request; ``id`` grows with time on every forge."""
+
+    id: int
+    number: int  # the pull request's
+    author: str
+    body: str
+    created_at: str
 
 
 class Forge(Protocol):
@@ -47,6 +61,16 @@ class Forge(Protocol):
         """Commit ``files`` onto a new ``branch`` cut from ``main``; return the commit sha."""
         ...
 
+    def update_branch(
+        self, project: str, branch: str, files: Mapping[str, str], message: str
+    ) -> str | None:
+        """Commit ``files`` on top of ``branch``; None when they change nothing."""
+        ...
+
+    def branch_authors(self, project: str, branch: str) -> set[str]:
+        """Who authored or committed the commits on ``branch`` that ``main`` lacks."""
+        ...
+
     def open_pr(self, project: str, branch: str, title: str, body: str) -> PullRequest: ...
 
     def pull_requests(
@@ -60,3 +84,9 @@ class Forge(Protocol):
     def merge_pr(self, number: int, by: str) -> PullRequest: ...
 
     def close_pr(self, number: int, by: str) -> PullRequest: ...
+
+    def comment(self, number: int, author: str, body: str) -> Comment: ...
+
+    def comments(self, number: int, *, after: int = 0) -> list[Comment]:
+        """Comments on pull request ``number`` with an id above ``after``, oldest first."""
+        ...

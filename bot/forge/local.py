@@ -13,11 +13,11 @@ from pathlib import Path
 import git
 
 from bot.errors import ForgeError
-from bot.forge import PullRequest
+from bot.forge import BOT_HANDLE, Comment, PullRequest
 from bot.fsutil import atomic_write_text
 from bot.state import now
 
-BOT = ("wheelstock-bot", "bot@wheelstock.invalid")
+BOT = (BOT_HANDLE, "bot@wheelstock.invalid")
 
 
 def _identity(name: str, email: str) -> dict[str, str]:
@@ -147,6 +147,30 @@ class LocalForge:
             work.git.push("origin", f"{branch}:refs/heads/{branch}")
             return str(work.head.commit.hexsha)
 
+    def update_branch(
+        self, project: str, branch: str, files: Mapping[str, str], message: str
+    ) -> str | None:
+        if branch not in self.branches(project):
+            raise ForgeError(f"{project}-feedstock has no branch '{branch}'")
+        with (
+            _git_errors(f"pushing to {branch} of {project}-feedstock"),
+            self._clone(project, BOT) as work,
+        ):
+            work.git.checkout("-b", branch, f"origin/{branch}")
+            _write_tree(Path(work.working_dir), files)
+            work.git.add("--all")
+            if not work.git.status("--porcelain"):
+                return None
+            work.git.commit("-m", message)
+            # No force: if someone pushed meanwhile, git refuses and the caller hears of it.
+            work.git.push("origin", f"{branch}:refs/heads/{branch}")
+            return str(work.head.commit.hexsha)
+
+    def branch_authors(self, project: str, branch: str) -> set[str]:
+        with _git_errors(f"reading {branch} of {project}-feedstock"):
+            log = self._bare(project).git.log("--format=%an%x00%cn", f"main..{branch}")
+        return {name for line in str(log).splitlines() for name in line.split("\0") if name}
+
     # -- pull requests --------------------------------------------------------------------
     def _pr_path(self, number: int) -> Path:
         return self.pulls / f"{number:06d}.json"
@@ -240,3 +264,38 @@ class LocalForge:
         pr = replace(self._open(number), state="closed", closed_by=by)
         self._save(pr)
         return pr
+
+    # -- comments -------------------------------------------------------------------------
+    def _comments_path(self, number: int) -> Path:
+        return self.root / "comments" / f"{number:06d}.json"
+
+    def comments(self, number: int, *, after: int = 0) -> list[Comment]:
+        self.get_pr(number)  # a missing PR is an error, not an empty thread
+        path = self._comments_path(number)
+        if not path.is_file():
+            return []
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+            thread = [Comment(**record) for record in records]
+        except (OSError, ValueError, TypeError) as exc:
+            raise ForgeError(f"{path}: not a readable comment thread") from exc
+        return [c for c in thread if c.id > after]
+
+    def comment(self, number: int, author: str, body: str) -> Comment:
+        thread = self.comments(number)
+        # Ids grow across all PRs, as on hosted forges, so "seen up to id N" is one number.
+        everything = [
+            c.id
+            for path in (self.root / "comments").glob("*.json")
+            for c in self.comments(int(path.stem))
+        ]
+        new = Comment(
+            id=max(everything, default=0) + 1,
+            number=number,
+            author=author,
+            body=body,
+            created_at=now(),
+        )
+        records = [asdict(c) for c in [*thread, new]]
+        atomic_write_text(self._comments_path(number), json.dumps(records, indent=2) + "\n")
+        return new

@@ -1,0 +1,80 @@
+"""What one tick works with (the bot's parts and limits) and what it counts as it goes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bot.builder import Runner, run_in_own_session
+from bot.forge import Forge
+from bot.state import State
+from bot.upstream import Upstream
+
+# Noise limits (Renovate has the same two knobs): new PRs per tick, open bot PRs per feedstock.
+MAX_NEW_PRS = 20
+MAX_OPEN_PRS = 3
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Bot:
+    """Everything a tick needs, passed in so tests can give real parts on loopback."""
+
+    state: State
+    forge: Forge
+    upstream: Upstream
+    registry_dir: Path
+    template_dir: Path
+    runner: Runner = run_in_own_session
+    echo: Callable[[str], None] = print
+    clock: Callable[[], datetime] = utcnow
+    max_new_prs: int = MAX_NEW_PRS
+    max_open_prs: int = MAX_OPEN_PRS
+    min_release_age: timedelta | None = None
+
+
+@dataclass
+class Summary:
+    """What a tick did, counted for the closing line."""
+
+    projects: int = 0
+    created: int = 0
+    opened: int = 0
+    built: int = 0
+    failed: int = 0
+    published: int = 0
+    skipped: int = 0
+    retired: int = 0
+    superseded: int = 0
+    deferred: int = 0
+    backing_off: int = 0
+    commands: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        extra = "".join(
+            f", {count} {what}"
+            for count, what in (
+                (self.superseded, "PRs superseded"),
+                (self.deferred, "PRs deferred by limits"),
+                (self.commands, "commands"),
+                (self.backing_off, "backing off"),
+                (self.skipped, "skipped"),
+                (self.retired, "retired"),
+            )
+            if count
+        )
+        return (
+            f"tick: {self.projects} projects, {self.created} feedstocks created, "
+            f"{self.opened} PRs opened, {self.built} built, {self.failed} failed, "
+            f"{self.published} published{extra}, {len(self.errors)} errors"
+        )
+
+    def error(self, bot: Bot, project: str, message: str) -> None:
+        self.errors.append(f"{project}: {message}")
+        bot.echo(f"error: {project}: {message}")

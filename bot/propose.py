@@ -1,0 +1,271 @@
+"""The bot's pull requests on feedstocks: opening them once, superseding, limits, commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from packaging.version import Version
+
+from bot import feedstock
+from bot.context import Bot, Summary
+from bot.errors import WheelstockError
+from bot.feedstock import FEEDSTOCK_FILE
+from bot.forge import BOT_HANDLE, Comment, PullRequest
+from bot.prs import COMMANDS, Rerender, parse_branch, parse_commands, supersessions
+from bot.registry import Entry
+
+__all__ = ["Proposal", "answer_commands", "open_proposal", "rerender_feedstock", "settle"]
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One PR the bot wants open: what goes on its branch, and how it reads."""
+
+    project: str
+    kind: str  # bump | rerender
+    version: str  # the release, or the template version
+    branch: str
+    title: str
+    # Checks what the PR will name (the sdist's hash) and returns the files for its branch;
+    # called only once the PR is certain to be opened.
+    prepare: Callable[[], Mapping[str, str]]
+    message: str
+    # The body, given the older PRs this one closes and those it leaves open.
+    body: Callable[[tuple[int, ...], tuple[int, ...]], str]
+
+
+def touched_by_others(bot: Bot, pr: PullRequest) -> bool:
+    """Whether anyone but the bot committed to the PR's branch (their work stays open)."""
+    try:
+        return bool(bot.forge.branch_authors(pr.project, pr.branch) - {BOT_HANDLE})
+    except WheelstockError:
+        # A branch that can't be read is treated as someone's: closing it could lose work.
+        return True
+
+
+def _open_bot_prs(bot: Bot, project: str) -> list[tuple[str, str, PullRequest]]:
+    found = []
+    for pr in bot.forge.pull_requests(project, "open"):
+        parsed = parse_branch(project, pr.branch)
+        if parsed is not None:
+            found.append((*parsed, pr))
+    return found
+
+
+def open_proposal(bot: Bot, proposal: Proposal, summary: Summary) -> PullRequest | None:
+    """Open ``proposal`` unless a PR for its branch exists or a limit holds it back.
+
+    The intent is recorded before anything is pushed, and every step first looks for what an
+    interrupted run may have left: a PR for the branch (done), or the branch (open the PR
+    from it). So a crash at any point never yields a second PR (and closed PRs stay closed).
+    """
+    forge, state, name = bot.forge, bot.state, proposal.project
+    if any(pr.branch == proposal.branch for pr in forge.pull_requests(name)):
+        return None
+    older = []
+    staying = 0
+    for kind, version, pr in _open_bot_prs(bot, name):
+        same_kind_older = kind == proposal.kind and _older(kind, version, proposal.version)
+        if same_kind_older:
+            older.append(pr)
+        if not same_kind_older or touched_by_others(bot, pr):
+            staying += 1
+    if staying >= bot.max_open_prs:
+        summary.deferred += 1
+        bot.echo(
+            f"{name}: {staying} bot PRs already open (limit {bot.max_open_prs}); "
+            f"{proposal.title!r} waits"
+        )
+        return None
+    if summary.opened >= bot.max_new_prs:
+        summary.deferred += 1
+        bot.echo(
+            f"{name}: {bot.max_new_prs} PRs opened this tick (the limit); {proposal.title!r} waits"
+        )
+        return None
+    kept = tuple(pr.number for pr in older if touched_by_others(bot, pr))
+    closes = tuple(pr.number for pr in older if pr.number not in kept)
+    files = proposal.prepare()
+    state.record_intent(name, proposal.branch, proposal.kind, proposal.version)
+    if proposal.branch not in forge.branches(name):
+        forge.push_change(name, proposal.branch, files, proposal.message)
+    pr = forge.open_pr(name, proposal.branch, proposal.title, proposal.body(closes, kept))
+    state.intent_opened(name, proposal.branch, pr.number)
+    summary.opened += 1
+    bot.echo(f"opened PR #{pr.number}: {pr.title}")
+    settle(bot, name, summary)
+    return pr
+
+
+def _older(kind: str, version: str, than: str) -> bool:
+    if kind == "rerender":
+        return int(version) < int(than)
+    return Version(version) < Version(than)
+
+
+def reconcile(bot: Bot, project: str) -> None:
+    """Intents whose PR an interrupted run opened but never recorded get its number now."""
+    pending = bot.state.intents(project, pending=True)
+    if not pending:
+        return
+    numbers = {pr.branch: pr.number for pr in bot.forge.pull_requests(project)}
+    for intent in pending:
+        if intent.branch in numbers:
+            bot.state.intent_opened(project, intent.branch, numbers[intent.branch])
+
+
+def settle(bot: Bot, project: str, summary: Summary) -> None:
+    """Close each open bot PR that a newer one of its kind made moot, linking the newer one.
+
+    A PR someone else pushed to is left open; the newer PR's body says so.
+    """
+    prs = bot.forge.pull_requests(project, "open")
+    for moot in supersessions(project, prs, lambda pr: touched_by_others(bot, pr)):
+        if not moot.close:
+            continue
+        bot.forge.comment(
+            moot.old.number,
+            BOT_HANDLE,
+            f"Superseded by #{moot.new.number} ({moot.new.title}); closing this one.",
+        )
+        bot.forge.close_pr(moot.old.number, BOT_HANDLE)
+        summary.superseded += 1
+        bot.echo(f"closed PR #{moot.old.number}: superseded by #{moot.new.number}")
+
+
+def rerender_feedstock(bot: Bot, entry: Entry, summary: Summary) -> PullRequest | None:
+    """Open a rerender PR when ``feedstock-template/`` is newer than the feedstock's files."""
+    name = entry.name
+    text = bot.forge.read_file(name, FEEDSTOCK_FILE)
+    where = f"{name}-feedstock/{FEEDSTOCK_FILE}"
+    current = feedstock.parse(text, where)
+    newest = feedstock.template_version(bot.template_dir)
+    if current.template >= newest:
+        return None
+    files = feedstock.rerender(
+        bot.template_dir,
+        text,
+        maintainers=entry.maintainers,
+        consent=entry.consent,
+        where=where,
+    )
+    changed = tuple(
+        sorted(path for path, content in files.items() if _differs(bot, name, path, content))
+    )
+
+    pr = Rerender(
+        project=name,
+        old=current.template,
+        new=newest,
+        changed=changed,
+        maintainers=entry.maintainers,
+    )
+
+    def body(closes: tuple[int, ...], kept: tuple[int, ...]) -> str:
+        return replace(pr, supersedes=closes, kept_open=kept).body()
+
+    return open_proposal(
+        bot,
+        Proposal(
+            project=name,
+            kind="rerender",
+            version=str(newest),
+            branch=pr.branch,
+            title=pr.title,
+            prepare=lambda: files,
+            message=pr.commit_message,
+            body=body,
+        ),
+        summary,
+    )
+
+
+def _differs(bot: Bot, project: str, path: str, content: str, ref: str = "main") -> bool:
+    try:
+        return bot.forge.read_file(project, path, ref) != content
+    except WheelstockError:
+        return True  # a file the feedstock does not have yet
+
+
+# --- comment commands -------------------------------------------------------------------------
+
+
+def answer_commands(
+    bot: Bot,
+    entries: Mapping[str, Entry],
+    summary: Summary,
+    rebuild: Callable[[Entry], str],
+) -> None:
+    """Act on ``@wheelstock`` commands left on the bot's PRs since the last tick.
+
+    Only a maintainer listed in the project's registry entry is obeyed; anyone else gets a
+    reply saying so. Each comment is acted on once: the newest handled id is kept per PR.
+    ``rebuild(entry)`` arranges a new build of the feedstock's main head and says what it did.
+    """
+    for pr in bot.forge.pull_requests():
+        if pr.state == "closed" or parse_branch(pr.project, pr.branch) is None:
+            continue
+        seen = bot.state.last_comment_seen(pr.number)
+        for comment in bot.forge.comments(pr.number, after=seen):
+            if comment.author != BOT_HANDLE:
+                for command in parse_commands(comment.body):
+                    reply = _command(bot, entries.get(pr.project), pr, comment, command, rebuild)
+                    bot.forge.comment(pr.number, BOT_HANDLE, reply)
+                    summary.commands += 1
+                    bot.echo(f"PR #{pr.number}: @{comment.author} {command}: {reply}")
+                    pr = bot.forge.get_pr(pr.number)
+            bot.state.see_comment(pr.number, comment.id)
+
+
+def _command(
+    bot: Bot,
+    entry: Entry | None,
+    pr: PullRequest,
+    comment: Comment,
+    command: str,
+    rebuild: Callable[[Entry], str],
+) -> str:
+    who = f"@{comment.author}"
+    if entry is None:
+        return f"{who}: {pr.project} has no registry entry any more; commands are ignored."
+    if not entry.is_maintainer(comment.author):
+        listed = ", ".join(f"@{m}" for m in entry.maintainers)
+        return (
+            f"{who}: only the maintainers listed for {entry.name} ({listed}) can give "
+            f"wheelstock commands; `{command}` ignored."
+        )
+    if command not in COMMANDS:
+        known = ", ".join(f"`@wheelstock {c}`" for c in COMMANDS)
+        return f"{who}: unknown command `{command}`; wheelstock knows {known}."
+    try:
+        if command == "close":
+            if pr.state != "open":
+                return f"{who}: this pull request is already {pr.state}."
+            bot.forge.close_pr(pr.number, comment.author)
+            return f"Closed at the request of {who}."
+        if command == "rebuild":
+            return f"{who}: {rebuild(entry)}"
+        return f"{who}: {_rerender_branch(bot, entry, pr)}"
+    except WheelstockError as exc:
+        return f"{who}: `{command}` failed: {exc}"
+
+
+def _rerender_branch(bot: Bot, entry: Entry, pr: PullRequest) -> str:
+    if pr.state != "open":
+        return f"this pull request is {pr.state}; there is no branch to re-render."
+    where = f"{entry.name}-feedstock/{FEEDSTOCK_FILE}@{pr.branch}"
+    text = bot.forge.read_file(entry.name, FEEDSTOCK_FILE, pr.branch)
+    files = feedstock.rerender(
+        bot.template_dir, text, maintainers=entry.maintainers, consent=entry.consent, where=where
+    )
+    newest = feedstock.template_version(bot.template_dir)
+    sha = bot.forge.update_branch(
+        entry.name,
+        pr.branch,
+        files,
+        f"Re-render with feedstock-template v{newest}\n\nAsked for in PR #{pr.number}.",
+    )
+    if sha is None:
+        return f"the branch already matches feedstock-template v{newest}; nothing to re-render."
+    return f"re-rendered with feedstock-template v{newest} in {sha[:12]}."
