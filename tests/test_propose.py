@@ -23,7 +23,7 @@ from bot.prs import backoff, parse_branch, parse_commands, rerender_branch
 from bot.state import State
 from bot.upstream import Upstream, make_client
 
-from conftest import TEMPLATE
+from conftest import TEMPLATE, Workspace
 from support import UpstreamServer
 
 START = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -492,3 +492,46 @@ def test_parse_branch() -> None:
     assert parse_branch("demo", "wheelstock/other-1.1") is None
     assert parse_branch("demo", "feature/x") is None
     assert parse_branch("demo", "wheelstock/demo-not-a-version!") is None
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def test_pr_comment_on_the_command_line(workspace: Workspace, tmp_path: Path) -> None:
+    ws = workspace
+    ws.enrol("demo", "alice")
+    ws.upstream.add_file("demo", quick_sdist(tmp_path / "d1", "demo", "1.0"))
+    assert ws.run("tick", "--no-build").code == 0
+    ws.upstream.add_file("demo", quick_sdist(tmp_path / "d2", "demo", "1.1"))
+    assert "1 PRs opened" in ws.run("tick", "--no-build").out
+
+    missing = ws.run("pr", "comment", "9", "--as", "alice", "@wheelstock close")
+    assert missing.code == 1 and missing.err.strip() == "error: no pull request #9"
+    empty = ws.run("pr", "comment", "1", "--as", "alice", "  ")
+    assert empty.code == 1 and empty.err.strip() == "error: a comment needs some text"
+
+    said = ws.run("pr", "comment", "1", "--as", "alice", "@wheelstock close")
+    assert said.code == 0 and "commented on #1 as alice" in said.out
+    ticked = ws.run("tick", "--no-build")
+    assert "PR #1: @alice close: Closed at the request of @alice." in ticked.out
+    assert "1 commands" in ticked.out
+    shown = ws.run("pr", "show", "1")
+    assert "[closed]" in shown.out and "comment 2 by @wheelstock-bot" in shown.out
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--max-new-prs", "-1", "'-1' is not a count"),
+        ("--max-open-prs", "many", "'many' is not a count"),
+        ("--min-release-age", "soon", "'soon' is not a number of hours"),
+    ],
+)
+def test_bad_tick_options_are_one_line(
+    workspace: Workspace, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        workspace.run("tick", option, value)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
