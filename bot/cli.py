@@ -50,34 +50,26 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
-    return port
+def _number(
+    kind: type[int] | type[float], low: float, high: float, what: str
+) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` in [low, high], else a one-line usage error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more)")
-    return value
-
-
-def _hours(text: str) -> timedelta:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 24 * 365 * 10:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours")
-    return timedelta(hours=value)
+_port = _number(int, 0, 65535, "a port number (0-65535)")
+_count = _number(int, 0, 10**9, "a count (0 or more)")
+_hours = _number(float, 0, 24 * 365 * 10, "a number of hours")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tick_cmd.add_argument(
         "--min-release-age",
-        type=_hours,
+        type=lambda text: timedelta(hours=_hours(text)),
         metavar="HOURS",
         help="propose a release only once it is this old (earliest upload time of its files)",
     )
