@@ -36,6 +36,9 @@ class Bot:
     max_new_prs: int = MAX_NEW_PRS
     max_open_prs: int = MAX_OPEN_PRS
     min_release_age: timedelta | None = None
+    # Worker processes for watching upstream (None: one per CPU); small watches stay in-process
+    # on ``upstream``'s client.
+    watch_processes: int | None = None
 
 
 @dataclass

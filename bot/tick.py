@@ -15,7 +15,7 @@ from packaging.version import Version
 from bot import __version__, feedstock, gate, propose, registry
 from bot.builder import BuildResult, Runner, build_wheel
 from bot.context import Bot, Summary
-from bot.errors import ProjectNotFound, SourceRefused, WheelstockError
+from bot.errors import ProjectNotFound, SourceRefused, UpstreamError, WheelstockError
 from bot.feedstock import FEEDSTOCK_FILE, Feedstock, Source
 from bot.forge import Forge
 from bot.fsutil import sha256_file
@@ -24,8 +24,11 @@ from bot.metadata import MetadataCache, ProjectMetadata, fetch_metadata
 from bot.prs import Bump, backoff
 from bot.registry import Entry
 from bot.state import State, iso, now
-from bot.upstream import DistFile, ProjectPage, Upstream
+from bot.upstream import DistFile, ProjectPage, Upstream, watch
 from bot.versions import Choice, Release, choose_release, latest_release
+
+# A watch over more projects than this reports its progress.
+WATCH_PROGRESS = 1000
 
 
 def _source(release: Release) -> tuple[Source, DistFile]:
@@ -486,11 +489,49 @@ def affected_by(bot: Bot, entries: tuple[Entry, ...]) -> Callable[[str], tuple[s
     return affected
 
 
+def watch_upstream(bot: Bot, entries: list[Entry]) -> dict[str, ProjectPage | str]:
+    """Check the entries' pages upstream, concurrently and conditionally (ETag/Last-Modified).
+
+    Returns the page to work from (fresh, or the stored one when upstream answered 304), or
+    the one-line reason why there is none. Every outcome is recorded in state.
+    """
+    if not entries:
+        return {}
+    known = bot.state.validators()
+    items = [(e.project, known.get(e.name)) for e in entries]
+
+    def progress(done: int, total: int) -> None:
+        bot.echo(f"watched {done}/{total} projects upstream")
+
+    checks = list(
+        watch(
+            bot.upstream,
+            items,
+            processes=bot.watch_processes,
+            progress=progress if len(items) > WATCH_PROGRESS else None,
+        )
+    )
+    bot.state.record_checks(checks)
+    pages: dict[str, ProjectPage | str] = {}
+    for checked in checks:
+        if checked.page is not None:
+            pages[checked.name] = checked.page
+        elif checked.status == "unchanged":
+            cached = bot.state.cached_page(checked.name)
+            pages[checked.name] = cached or "upstream answered 304 but no page is stored"
+        else:
+            pages[checked.name] = checked.error or f"upstream check {checked.status}"
+    changed = sum(1 for c in checks if c.status == "changed")
+    bot.echo(f"upstream: {len(checks)} projects checked, {changed} pages new or changed")
+    return pages
+
+
 def sync_all(bot: Bot, entries: tuple[Entry, ...], summary: Summary) -> None:
     """Sync each entry; one that fails is retried only after an exponential backoff."""
     moment = bot.clock()
     attempts = bot.state.attempts()
     affected = affected_by(bot, entries)
+    due = []
     for entry in entries:
         attempt = attempts.get(entry.name)
         if attempt is not None and attempt.next_attempt > moment:
@@ -499,9 +540,15 @@ def sync_all(bot: Bot, entries: tuple[Entry, ...], summary: Summary) -> None:
                 f"{entry.name}: backing off after {attempt.failures} failed attempts "
                 f"({attempt.reason}); next attempt after {iso(attempt.next_attempt)}"
             )
-            continue
+        else:
+            due.append(entry)
+    pages = watch_upstream(bot, due)
+    for entry in due:
+        attempt = attempts.get(entry.name)
         try:
-            page = bot.upstream.project(entry.project)
+            page = pages.get(entry.name, "not checked")
+            if isinstance(page, str):
+                raise UpstreamError(page)
             sync_project(bot, entry, page, summary, affected)
         except WheelstockError as exc:
             failed = bot.state.record_failure(entry.name, str(exc), moment, backoff)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import contextlib
+import email.utils
 import hashlib
 import importlib
 import json
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -29,7 +34,7 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 from packaging.version import InvalidVersion, Version
-from tenacity import Retrying, retry_if_exception, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base, wait_random_exponential
 
 import bot
@@ -38,15 +43,19 @@ from bot.errors import HashMismatch, ProjectNotFound, UpstreamError, UpstreamUna
 __all__ = [
     "ACCEPT",
     "USER_AGENT",
+    "Checked",
     "DistFile",
     "ProjectPage",
+    "ThreadLocalTransport",
     "Upstream",
+    "Validators",
     "default_index_url",
     "make_client",
     "parse_html_page",
     "parse_json_page",
     "parse_pip_config_list",
     "pip_config_list",
+    "watch",
 ]
 
 USER_AGENT = f"wheelstock/{bot.__version__}"
@@ -57,6 +66,9 @@ HTML_V1 = "application/vnd.pypi.simple.v1+html"
 ACCEPT = f"{JSON_V1}, {HTML_V1};q=0.2, text/html;q=0.1"
 
 _T = TypeVar("_T")
+
+# A canonical project name (PEP 503) that is safe in a URL path as it is.
+_PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,36 @@ class ProjectPage:
     name: str
     url: str
     files: tuple[DistFile, ...]
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What a conditional request sends back (RFC 9110 §13): the page's ETag and Last-Modified."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        # Both when both are known: a server that ignores If-None-Match may still honour
+        # If-Modified-Since, and one that honours both gives If-None-Match precedence.
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The outcome of checking one project against upstream."""
+
+    name: str  # canonical
+    # "changed": 200, page parsed; "unchanged": 304; "missing": 404; "failed": after retries.
+    status: str
+    page: ProjectPage | None  # set when changed
+    validators: Validators  # from the 200 (or 304) response, else the ones sent
+    error: str | None = None  # one line, when failed or missing
 
 
 # --- which index pip uses ---------------------------------------------------------------------
@@ -182,8 +224,21 @@ def default_index_url(
 # --- parsing pages ----------------------------------------------------------------------------
 
 
+# URLs as indexes write them: http(s), an ASCII host name with a letter in it or a valid
+# IPv4 address, a port, a path of URL-safe characters. httpx accepts every one of them, so
+# its parse (half the cost of reading a JSON page) is skipped for them.
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_PLAIN_URL = re.compile(
+    rf"https?://(?:(?=[^/:]*[A-Za-z])[A-Za-z0-9.-]+|(?:{_OCTET}\.){{3}}{_OCTET})"
+    r"(?::(\d{1,5}))?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?"
+)
+
+
 def _url_problem(url: str) -> str | None:
     """Why `url` cannot be parsed or fetched as written (one line), or None when it can."""
+    plain = _PLAIN_URL.fullmatch(url)
+    if plain is not None and int(plain.group(1) or 0) <= 65535:
+        return None
     try:
         # .port is checked lazily by urllib; httpx parses once more the way it will fetch.
         urlsplit(url).port  # noqa: B018
@@ -417,14 +472,107 @@ def parse_html_page(text: str, page_url: str) -> tuple[DistFile, ...]:
 # --- HTTP -------------------------------------------------------------------------------------
 
 
-def make_client(*, timeout: float = 30.0) -> httpx.Client:
-    """An HTTP client for upstream: redirects followed, our User-Agent, pooled connections."""
-    return httpx.Client(
+_LIMITS = httpx.Limits(max_keepalive_connections=10, keepalive_expiry=30.0)
+
+
+class ThreadLocalTransport(httpx.BaseTransport):
+    """One keep-alive `httpx.HTTPTransport` per thread, behind one shared `httpx.Client`.
+
+    httpcore's pool serialises threads on its lock: measured on 2 cores against a loopback
+    server answering in 30 ms, 32 threads sharing one pool managed 771 requests/s and 64
+    threads 393-548/s, while a connection pool per thread managed 873/s (32) and 1,032/s (48).
+    The client (headers, timeouts, redirects) stays shared; concurrency is bounded by the
+    number of threads using it.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: httpx.Limits = _LIMITS,
+        verify: bool = True,
+        trust_env: bool = True,
+    ) -> None:
+        self._limits = limits
+        self._verify = verify
+        self._trust_env = trust_env
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._ssl_context: Any = None
+        self._by_thread: dict[threading.Thread, httpx.HTTPTransport] = {}
+
+    def _transport(self) -> httpx.HTTPTransport:
+        transport: httpx.HTTPTransport | None = getattr(self._local, "transport", None)
+        if transport is not None:
+            return transport
+        with self._lock:
+            if self._ssl_context is None:
+                # Loading the CA bundle costs tens of milliseconds: done once, not per thread.
+                self._ssl_context = httpx.create_ssl_context(
+                    verify=self._verify, trust_env=self._trust_env
+                )
+            transport = httpx.HTTPTransport(verify=self._ssl_context, limits=self._limits)
+            # Threads of finished pools leave idle connections behind: closed here, so a
+            # long-lived client holds at most one pool per live thread.
+            dead = [thread for thread in self._by_thread if not thread.is_alive()]
+            stale = [self._by_thread.pop(thread) for thread in dead]
+            self._by_thread[threading.current_thread()] = transport
+        for old in stale:
+            old.close()
+        self._local.transport = transport
+        return transport
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._transport().handle_request(request)
+
+    def close(self) -> None:
+        with self._lock:
+            transports = list(self._by_thread.values())
+            self._by_thread.clear()
+            # Other threads' locals still point at their closed transports; a closed httpcore
+            # pool reopens connections on demand, so a late request still works.
+        for transport in transports:
+            transport.close()
+
+
+class _Cookies(httpx.Cookies):
+    """httpx's cookie jar, skipped for the responses that set no cookie."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        # http.cookiejar builds a urllib request per response even when there is nothing to
+        # extract: 11% of a 304's cost in the watch benchmark. Index pages set no cookies.
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
+
+
+def make_client(*, timeout: float | httpx.Timeout = 30.0) -> httpx.Client:
+    """An HTTP client for upstream: redirects followed, our User-Agent, keep-alive per thread."""
+    client = httpx.Client(
         follow_redirects=True,
         headers={"User-Agent": USER_AGENT},
         timeout=timeout,
-        limits=httpx.Limits(max_keepalive_connections=10, keepalive_expiry=30.0),
+        transport=ThreadLocalTransport(),
     )
+    # Private in httpx (0.27-0.28); if it moves, this only stops saving time.
+    if isinstance(getattr(client, "_cookies", None), httpx.Cookies):
+        client._cookies = _Cookies(client.cookies.jar)
+    return client
+
+
+def _retry_after(value: str | None) -> float | None:
+    """RFC 9110 §10.2.3 Retry-After: delay-seconds or an HTTP-date; seconds from now."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        # RFC 9110 HTTP-dates are always GMT.
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
 class _ServerError(Exception):
@@ -434,6 +582,7 @@ class _ServerError(Exception):
         super().__init__(f"HTTP {response.status_code}")
         self.status_code = response.status_code
         self.reason = response.reason_phrase
+        self.retry_after = _retry_after(response.headers.get("Retry-After"))
 
 
 def _is_retryable_status(status: int) -> bool:
@@ -457,6 +606,14 @@ def _describe(exc: httpx.TransportError) -> str:
     if not text:
         return type(exc).__name__
     return text[0].lower() + text[1:]
+
+
+def _validators_of(response: httpx.Response, sent: Validators) -> Validators:
+    # RFC 9111 §4.3.4: a 304 may carry updated validators; what it leaves out is kept.
+    return Validators(
+        etag=response.headers.get("ETag") or sent.etag,
+        last_modified=response.headers.get("Last-Modified") or sent.last_modified,
+    )
 
 
 def _status_message(url: str, response: httpx.Response) -> str:
@@ -483,6 +640,7 @@ class Upstream:
         *,
         attempts: int = 3,
         wait: wait_base | None = None,
+        max_retry_after: float = 60.0,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -497,6 +655,31 @@ class Upstream:
         self.wait: wait_base = (
             wait if wait is not None else wait_random_exponential(multiplier=0.5, max=10)
         )
+        # A Retry-After longer than this is not waited out: the check fails and the next tick
+        # asks again, so a tick is never stuck behind a rate limit and never comes back early.
+        self.max_retry_after = max_retry_after
+        # RFC 6585: a 429 limits this client, not one URL, so every thread holds back until
+        # the time upstream asked for (monotonic seconds).
+        self._not_before = 0.0
+
+    def _should_retry(self, exc: BaseException) -> bool:
+        if isinstance(exc, _ServerError) and exc.retry_after is not None:
+            return exc.retry_after <= self.max_retry_after
+        return _is_retryable_error(exc)
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, _ServerError) and exc.retry_after is not None:
+            # Honoured as given (RFC 9110 §10.2.3), no sooner; jitter would only shorten it.
+            if exc.status_code == 429:
+                self._not_before = max(self._not_before, time.monotonic() + exc.retry_after)
+            return exc.retry_after
+        return float(self.wait(state))
+
+    def _hold_back(self) -> None:
+        delay = self._not_before - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
     def _retrying(self, url: str, call: Callable[[], _T]) -> _T:
         """Run `call` with the retry policy; translate what's left into wheelstock errors."""
@@ -505,12 +688,13 @@ class Upstream:
         def attempt() -> _T:
             nonlocal tries
             tries += 1
+            self._hold_back()
             return call()
 
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts),
-            wait=self.wait,
-            retry=retry_if_exception(_is_retryable_error),
+            wait=self._wait,
+            retry=retry_if_exception(self._should_retry),
             reraise=True,
         )
         try:
@@ -527,9 +711,12 @@ class Upstream:
                 f"upstream {url} unreachable: {_describe(exc)} (after {_plural(tries)})"
             ) from exc
         except _ServerError as exc:
+            later = ""
+            if exc.retry_after is not None and exc.retry_after > self.max_retry_after:
+                later = f", asked to retry after {exc.retry_after:.0f} s"
             raise UpstreamUnavailable(
                 f"upstream {url} unavailable: HTTP {exc.status_code} {exc.reason}".rstrip()
-                + f" (after {_plural(tries)})"
+                + f" (after {_plural(tries)}{later})"
             ) from exc
         except httpx.HTTPError as exc:
             # Bad or too many redirects, undecodable bodies: not worth retrying.
@@ -552,6 +739,47 @@ class Upstream:
             raise ProjectNotFound(f"project {name!r} not found at {self.index_url}")
         if response.status_code != 200:
             raise UpstreamError(_status_message(url, response))
+        return self._page(canonical, response)
+
+    def check(self, name: str, validators: Validators | None = None) -> Checked:
+        """Check one project, conditionally when validators are given; never raises for it.
+
+        A 304 costs no parsing and keeps the validators sent; a 200 is parsed and its own
+        validators replace them. Trouble that outlasts the retries comes back as "failed"
+        with a one-line reason, so one project never stops a watch of thousands.
+        """
+        canonical = canonicalize_name(name)
+        sent = validators if validators is not None else Validators()
+        url = f"{self.index_url}{canonical}/"
+        headers = {"Accept": ACCEPT, **sent.headers()}
+
+        def fetch() -> httpx.Response:
+            response = self.client.get(url, headers=headers)
+            if _is_retryable_status(response.status_code):
+                raise _ServerError(response)
+            return response
+
+        try:
+            if not _PLAIN_NAME.fullmatch(canonical):
+                # Only names with unusual characters need the (slower) full URL check.
+                _check_url(url)
+            response = self._retrying(url, fetch)
+            status = response.status_code
+            if status == 304 and (sent.etag or sent.last_modified):
+                return Checked(canonical, "unchanged", None, _validators_of(response, sent))
+            if status == 404:
+                error = f"project {name!r} not found at {self.index_url}"
+                return Checked(canonical, "missing", None, Validators(), error)
+            if status != 200:
+                # Includes a 304 to a request that was not conditional: there is nothing to
+                # keep, so it is as useless as any other unexpected status.
+                raise UpstreamError(_status_message(url, response))
+            page = self._page(canonical, response)
+        except UpstreamError as exc:
+            return Checked(canonical, "failed", None, sent, _first_line(exc))
+        return Checked(canonical, "changed", page, _validators_of(response, Validators()))
+
+    def _page(self, canonical: str, response: httpx.Response) -> ProjectPage:
         page_url = str(response.url)
         content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if content_type == JSON_V1:
@@ -605,3 +833,166 @@ class Upstream:
             raise HashMismatch(f"sha256 mismatch for {filename}: expected {expected}, got {actual}")
         os.replace(temp, dest)
         return dest
+
+
+# --- watching many projects -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _WorkerSettings:
+    """What a worker process needs to rebuild the caller's `Upstream` (clients don't pickle)."""
+
+    index_url: str
+    timeout: httpx.Timeout
+    attempts: int
+    wait: wait_base
+    max_retry_after: float
+    threads: int
+
+
+_worker: tuple[Upstream, concurrent.futures.ThreadPoolExecutor] | None = None
+
+
+def _start_worker(settings: _WorkerSettings) -> None:
+    # Runs once per worker process: one client and one thread pool serve all its chunks, so
+    # connections stay alive from one chunk to the next.
+    global _worker
+    upstream = Upstream(
+        settings.index_url,
+        make_client(timeout=settings.timeout),
+        attempts=settings.attempts,
+        wait=settings.wait,
+        max_retry_after=settings.max_retry_after,
+    )
+    _worker = (upstream, concurrent.futures.ThreadPoolExecutor(settings.threads))
+
+
+def _check_chunk(items: list[tuple[str, Validators | None]]) -> list[Checked]:
+    assert _worker is not None, "worker process not initialised"
+    upstream, pool = _worker
+    return list(pool.map(lambda item: upstream.check(*item), items))
+
+
+def watch(
+    upstream: Upstream | str,
+    items: Sequence[tuple[str, Validators | None]],
+    *,
+    processes: int | None = 1,
+    threads: int = 48,
+    chunk: int = 500,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[Checked]:
+    """Check every (name, validators) in items; yields one `Checked` each, in no set order.
+
+    With processes=1 (or no more than `chunk` items) the work runs here on `upstream`'s client
+    from `threads` threads. Otherwise items go in chunks to `processes` worker processes
+    (None: one per CPU), each rebuilding `upstream` from its settings (URL, timeout, attempts,
+    wait, max_retry_after) with `threads` threads of its own. `progress(done, total)` is called
+    after every `chunk` results and at the end.
+    """
+    if threads < 1 or chunk < 1:
+        raise ValueError("threads and chunk must be at least 1")
+    if isinstance(upstream, str):
+        owned = Upstream(upstream, make_client())
+        try:
+            yield from watch(
+                owned, items, processes=processes, threads=threads, chunk=chunk, progress=progress
+            )
+        finally:
+            owned.client.close()
+        return
+    count = (os.cpu_count() or 1) if processes is None else processes
+    if count < 1:
+        raise ValueError("processes must be at least 1")
+    total = len(items)
+    done = 0
+    reported = 0
+    # A single process can keep only about one core busy (the GIL): measured on 2 cores,
+    # one process with 48 threads made about 1,000 requests/s, two made about 1,800/s.
+    results = (
+        _watch_here(upstream, items, threads)
+        if count == 1 or total <= chunk
+        else _watch_in_processes(upstream, items, count, threads, chunk)
+    )
+    try:
+        for checked in results:
+            done += 1
+            yield checked
+            if progress is not None and (done - reported >= chunk or done == total):
+                reported = done
+                progress(done, total)
+    finally:
+        results.close()
+
+
+def _watch_here(
+    upstream: Upstream, items: Sequence[tuple[str, Validators | None]], threads: int
+) -> Generator[Checked, None, None]:
+    if not items:
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(min(threads, len(items)))
+    pending: set[concurrent.futures.Future[Checked]] = set()
+    # A bounded window of futures: 25,000 at once would only cost memory.
+    window = threads * 4
+    queue = iter(items)
+    try:
+        while True:
+            for name, validators in queue:
+                pending.add(pool.submit(upstream.check, name, validators))
+                if len(pending) >= window:
+                    break
+            if not pending:
+                return
+            finished, pending = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in finished:
+                yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _watch_in_processes(
+    upstream: Upstream,
+    items: Sequence[tuple[str, Validators | None]],
+    processes: int,
+    threads: int,
+    chunk: int,
+) -> Generator[Checked, None, None]:
+    settings = _WorkerSettings(
+        index_url=upstream.index_url,
+        timeout=upstream.client.timeout,
+        attempts=upstream.attempts,
+        wait=upstream.wait,
+        max_retry_after=upstream.max_retry_after,
+        threads=threads,
+    )
+    chunks = (list(items[start : start + chunk]) for start in range(0, len(items), chunk))
+    # "spawn": forking a process that runs threads (servers, pools) can copy held locks.
+    pool = concurrent.futures.ProcessPoolExecutor(
+        processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(settings,),
+    )
+    pending: set[concurrent.futures.Future[list[Checked]]] = set()
+    try:
+        while True:
+            # Two chunks per worker in flight, so none waits for the parent between chunks.
+            for part in chunks:
+                pending.add(pool.submit(_check_chunk, part))
+                if len(pending) >= 2 * processes:
+                    break
+            if not pending:
+                return
+            finished, pending = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in finished:
+                try:
+                    checked = future.result()
+                except concurrent.futures.process.BrokenProcessPool as exc:
+                    raise UpstreamError(f"watching upstream failed: {_first_line(exc)}") from exc
+                yield from checked
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

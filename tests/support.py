@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import email.utils
 import hashlib
 import html
 import json
 import shutil
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,6 +44,35 @@ class _Entry:
     yanked: str | None
 
 
+@dataclass(frozen=True)
+class Fault:
+    """One way to answer a project's page badly, on purpose."""
+
+    status: int = 503
+    retry_after: str | None = None  # sent as Retry-After
+    drop: bool = False  # close the connection without answering
+    hang: float = 0.0  # seconds to wait before answering (longer than a client's timeout)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A request as the server saw it, and what it answered (status 0: dropped)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    at: float  # time.monotonic() on arrival
+    connection: int  # which TCP connection carried it (numbered from 1)
+    status: int = 0
+    body_bytes: int = 0
+
+
+@dataclass
+class _Misbehaviour:
+    faults: list[Fault] = field(default_factory=list)
+    forever: bool = False
+
+
 def _negotiate(accept: str) -> str:
     """Pick the answer type for an Accept header (PEP 691); no header means HTML."""
     best, best_q = "text/html", 0.0
@@ -63,13 +95,31 @@ def _negotiate(accept: str) -> str:
 class UpstreamServer:
     """Serves /simple/, /simple/<name>/ and /files/... from an in-memory registry of files."""
 
-    def __init__(self, root: Path, *, mode: str = "json") -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        mode: str = "json",
+        etags: bool = True,
+        last_modified: bool = True,
+    ) -> None:
         if mode not in ("json", "html"):
             raise ValueError(f"mode must be 'json' or 'html', not {mode!r}")
         self.root = Path(root)
         self.mode = mode
+        # RFC 9110 validators on project pages, and 304s for conditional requests that match.
+        self.etags = etags
+        self.last_modified = last_modified
         self.requests: list[tuple[str, str]] = []
         self.fail_next: list[int] = []
+        # Every request with its headers, when it came, on which connection, and the answer.
+        self.log: list[Seen] = []
+        self.connections = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        # Seconds every project page takes to answer, so concurrent requests overlap.
+        self.delay = 0.0
+        self._misbehaving: dict[str, _Misbehaviour] = {}
         self._projects: dict[str, list[_Entry]] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -139,6 +189,7 @@ class UpstreamServer:
         *,
         requires_python: str | None = None,
         yanked: str | None = None,
+        upload_time: datetime | None = None,
     ) -> str:
         """Publish a copy of path under project; returns the file's absolute URL."""
         name = canonicalize_name(project)
@@ -152,7 +203,7 @@ class UpstreamServer:
             path=target,
             sha256=hashlib.sha256(data).hexdigest(),
             size=len(data),
-            upload_time=datetime.now(UTC),
+            upload_time=upload_time or datetime.now(UTC),
             requires_python=requires_python,
             yanked=yanked,
         )
@@ -160,6 +211,59 @@ class UpstreamServer:
             entries = [e for e in self._projects.get(name, []) if e.filename != entry.filename]
             self._projects[name] = [*entries, entry]
         return self.file_url(name, entry.filename)
+
+    def misbehave(self, project: str, *faults: Fault, forever: bool = False) -> None:
+        """Answer the project's page with these faults, one per request, then normally.
+
+        With forever=True the last fault is never used up.
+        """
+        with self._lock:
+            self._misbehaving[canonicalize_name(project)] = _Misbehaviour(list(faults), forever)
+
+    def seen(self, path: str) -> list[Seen]:
+        """The logged requests for path (e.g. "/simple/demo/"), oldest first."""
+        with self._lock:
+            return [entry for entry in self.log if entry.path == path]
+
+    def _fault_for(self, raw_path: str) -> Fault | None:
+        parts = unquote(urlsplit(raw_path).path).strip("/").split("/")
+        if len(parts) != 2 or parts[0] != "simple":
+            return None
+        with self._lock:
+            plan = self._misbehaving.get(parts[1])
+            if plan is None or not plan.faults:
+                return None
+            if plan.forever and len(plan.faults) == 1:
+                return plan.faults[0]
+            return plan.faults.pop(0)
+
+    def _validators(self, entries: list[_Entry], body: bytes) -> dict[str, str]:
+        headers = {}
+        if self.etags:
+            headers["ETag"] = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+        if self.last_modified and entries:
+            newest = max(e.upload_time for e in entries)
+            headers["Last-Modified"] = email.utils.format_datetime(newest, usegmt=True)
+        return headers
+
+    @staticmethod
+    def _not_modified(validators: dict[str, str], request: dict[str, str]) -> bool:
+        # RFC 9110 §13.1.2: If-None-Match (weak comparison) wins; If-Modified-Since is only
+        # looked at without it.
+        if "if-none-match" in request:
+            etag = validators.get("ETag")
+            if etag is None:
+                return False
+            asked = [tag.strip().removeprefix("W/") for tag in request["if-none-match"].split(",")]
+            return "*" in asked or etag.removeprefix("W/") in asked
+        if "if-modified-since" in request and "Last-Modified" in validators:
+            try:
+                since = email.utils.parsedate_to_datetime(request["if-modified-since"])
+                modified = email.utils.parsedate_to_datetime(validators["Last-Modified"])
+            except (TypeError, ValueError):
+                return False
+            return modified <= since
+        return False
 
     def file_url(self, project: str, filename: str) -> str:
         return f"{self.base}/files/{canonicalize_name(project)}/{quote(filename)}"
@@ -200,6 +304,8 @@ class UpstreamServer:
             entries = projects.get(parts[1])
             if entries is None:
                 return 404, "text/plain", b"not found\n"
+            if self.delay:
+                time.sleep(self.delay)
             return self._project_page(parts[1], entries, kind)
         if len(parts) == 3 and parts[0] == "files":
             for entry in projects.get(parts[1], []):
@@ -267,17 +373,81 @@ def _html_document(title: str, body: str) -> str:
 def _make_handler(owner: UpstreamServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        connection_number = 0
+
+        def setup(self) -> None:
+            super().setup()
+            with owner._lock:
+                owner.connections += 1
+                self.connection_number = owner.connections
 
         def do_GET(self) -> None:
+            seen = Seen(
+                method="GET",
+                path=self.path,
+                headers={key.lower(): value for key, value in self.headers.items()},
+                at=time.monotonic(),
+                connection=self.connection_number,
+            )
+            with owner._lock:
+                owner.in_flight += 1
+                owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+            try:
+                self._answer(seen)
+            finally:
+                with owner._lock:
+                    owner.in_flight -= 1
+
+        def _log(self, seen: Seen) -> None:
+            # Before the answer leaves, so a client that has it finds its request logged.
+            with owner._lock:
+                owner.log.append(seen)
+
+        def _answer(self, seen: Seen) -> None:
+            fault = owner._fault_for(self.path)
+            if fault is not None:
+                with owner._lock:
+                    owner.requests.append(("GET", self.path))
+                if fault.hang:
+                    time.sleep(fault.hang)
+                if fault.drop:
+                    self._log(seen)
+                    self.close_connection = True
+                    return
+                body = f"injected failure {fault.status}\n".encode()
+                headers = {"Content-Type": "text/plain"}
+                if fault.retry_after is not None:
+                    headers["Retry-After"] = fault.retry_after
+                return self._send(seen, fault.status, headers, body)
             status, content_type, body = owner._answer(
                 "GET", self.path, self.headers.get("Accept", "")
             )
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Vary", "Accept")
-            self.end_headers()
-            self.wfile.write(body)
+            headers = {"Content-Type": content_type}
+            parts = unquote(urlsplit(self.path).path).strip("/").split("/")
+            if status == 200 and len(parts) == 2 and parts[0] == "simple":
+                with owner._lock:
+                    entries = list(owner._projects.get(parts[1], []))
+                validators = owner._validators(entries, body)
+                headers.update(validators)
+                if owner._not_modified(validators, seen.headers):
+                    # RFC 9110 §15.4.5: the validators again, and no body.
+                    return self._send(seen, 304, validators, b"")
+            return self._send(seen, status, headers, body)
+
+        def _send(self, seen: Seen, status: int, headers: dict[str, str], body: bytes) -> None:
+            self._log(dataclasses.replace(seen, status=status, body_bytes=len(body)))
+            try:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                if status != 304:
+                    self.send_header("Content-Length", str(len(body)))
+                self.send_header("Vary", "Accept")
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                # The client gave up (a hang longer than its timeout).
+                self.close_connection = True
 
         def log_message(self, format: str, *args: object) -> None:
             # Tests read owner.requests instead of stderr noise.

@@ -23,7 +23,9 @@ from bot.upstream import (
     ACCEPT,
     USER_AGENT,
     DistFile,
+    ThreadLocalTransport,
     Upstream,
+    _Cookies,
     default_index_url,
     make_client,
     parse_html_page,
@@ -855,3 +857,46 @@ def test_core_metadata_is_the_last_field_and_defaults_to_none() -> None:
     dist = DistFile("demo-1.0.tar.gz", "http://mirror.test/d", None, None, None, None, None)
     assert dist.core_metadata is None
     assert [f.name for f in dataclasses.fields(DistFile)][-1] == "core_metadata"
+
+
+# --- Retry-After, cookies, one pool per thread ------------------------------------------------
+
+
+def test_project_honours_retry_after_and_its_limit() -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if len(calls) == 1:
+            return httpx.Response(503, headers={"Retry-After": "0"})
+        return httpx.Response(429, headers={"Retry-After": "3600"})
+
+    upstream = mock_upstream(handler, attempts=5)
+    with pytest.raises(UpstreamUnavailable) as caught:
+        upstream.project("demo")
+    # Retried after the 503's zero-second wait; the 429 asked for more than 60 s: no retry.
+    assert calls == ["/simple/demo/"] * 2
+    assert str(caught.value) == (
+        "upstream http://mirror.test/simple/demo/ unavailable: HTTP 429 Too Many Requests "
+        "(after 2 attempts, asked to retry after 3600 s)"
+    )
+
+
+def test_cookies_are_still_kept_when_a_response_sets_one() -> None:
+    jar = _Cookies()
+    request = httpx.Request("GET", "http://mirror.test/simple/")
+    jar.extract_cookies(httpx.Response(200, request=request))
+    assert dict(jar) == {}
+    jar.extract_cookies(httpx.Response(200, headers={"Set-Cookie": "a=b"}, request=request))
+    assert dict(jar) == {"a": "b"}
+
+
+def test_make_client_keeps_one_connection_per_thread(tmp_path: Path) -> None:
+    with UpstreamServer(tmp_path / "up") as srv, make_client(timeout=10.0) as c:
+        srv.add_file("demo", make_file(tmp_path, "demo-1.0.tar.gz", b"x"))
+        assert isinstance(c._transport, ThreadLocalTransport)
+        upstream = Upstream(srv.url, c, wait=wait_none())
+        for _ in range(5):
+            upstream.project("demo")
+        assert srv.connections == 1
+        assert len(srv.log) == 5
