@@ -24,7 +24,7 @@ from bot.state import State
 from bot.upstream import Upstream, make_client
 
 from conftest import TEMPLATE, Workspace
-from support import UpstreamServer
+from support import Fault, UpstreamServer
 
 START = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -535,3 +535,37 @@ def test_bad_tick_options_are_one_line(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# --- the tick watches upstream conditionally ----------------------------------------------------
+
+
+def test_the_tick_reuses_etags_and_works_from_the_stored_page(kit: Kit) -> None:
+    enrolled_at(kit)
+    first = kit.upstream.seen("/simple/demo/")
+    assert first[-1].status == 200 and "if-none-match" not in first[-1].headers
+    # Nothing changed upstream: the page costs a 304, and the tick still has the release.
+    assert kit.tick().errors == []
+    again = kit.upstream.seen("/simple/demo/")[-1]
+    assert again.status == 304 and again.headers["if-none-match"]
+    assert again.body_bytes == 0
+    # A PR closed by a volunteer, with the page unchanged: the stored page shows that the
+    # release is still 1.1, so no new PR for it either.
+    kit.release("demo", "1.1")
+    assert kit.tick().opened == 1
+    assert kit.upstream.seen("/simple/demo/")[-1].status == 200
+    kit.local.close_pr(kit.prs("demo")[0].number, "carol")
+    summary = kit.tick()
+    assert summary.opened == 0 and summary.errors == []
+    assert kit.upstream.seen("/simple/demo/")[-1].status == 304
+
+
+def test_a_project_whose_checks_fail_does_not_stop_the_others(kit: Kit) -> None:
+    for name in ("aaa", "bbb"):
+        kit.enrol(name, "alice")
+        kit.release(name, "1.0")
+    kit.upstream.misbehave("aaa", Fault(status=503), forever=True)
+    summary = kit.tick()
+    assert summary.created == 1 and kit.local.feedstocks() == ["bbb"]
+    (error,) = summary.errors
+    assert error.startswith("aaa: upstream ") and "503" in error and "failure 1" in error
