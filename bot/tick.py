@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -521,8 +522,12 @@ def watch_upstream(bot: Bot, entries: list[Entry]) -> dict[str, ProjectPage | st
             pages[checked.name] = cached or "upstream answered 304 but no page is stored"
         else:
             pages[checked.name] = checked.error or f"upstream check {checked.status}"
-    changed = sum(1 for c in checks if c.status == "changed")
-    bot.echo(f"upstream: {len(checks)} projects checked, {changed} pages new or changed")
+    counts = Counter(c.status for c in checks)
+    bot.echo(
+        f"upstream: {len(checks)} projects checked: {counts['changed']} pages fetched, "
+        f"{counts['unchanged']} unchanged (304), "
+        f"{counts['failed'] + counts['missing']} failed"
+    )
     return pages
 
 
