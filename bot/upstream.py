@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -66,6 +66,8 @@ HTML_V1 = "application/vnd.pypi.simple.v1+html"
 ACCEPT = f"{JSON_V1}, {HTML_V1};q=0.2, text/html;q=0.1"
 
 _T = TypeVar("_T")
+_J = TypeVar("_J")
+_R = TypeVar("_R")
 
 # A canonical project name (PEP 503) that is safe in a URL path as it is.
 _PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
@@ -925,29 +927,39 @@ def watch(
         results.close()
 
 
+def _windowed(
+    submit: Callable[[_J], concurrent.futures.Future[_R]], jobs: Iterable[_J], window: int
+) -> Iterator[concurrent.futures.Future[_R]]:
+    """Submit jobs keeping at most ``window`` in flight; yield each future once it is done.
+
+    A bounded window: 25,000 futures at once would only cost memory.
+    """
+    pending: set[concurrent.futures.Future[_R]] = set()
+    queue = iter(jobs)
+    while True:
+        for job in queue:
+            pending.add(submit(job))
+            if len(pending) >= window:
+                break
+        if not pending:
+            return
+        finished, pending = concurrent.futures.wait(
+            pending, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        yield from finished
+
+
 def _watch_here(
     upstream: Upstream, items: Sequence[tuple[str, Validators | None]], threads: int
 ) -> Generator[Checked, None, None]:
     if not items:
         return
     pool = concurrent.futures.ThreadPoolExecutor(min(threads, len(items)))
-    pending: set[concurrent.futures.Future[Checked]] = set()
-    # A bounded window of futures: 25,000 at once would only cost memory.
-    window = threads * 4
-    queue = iter(items)
     try:
-        while True:
-            for name, validators in queue:
-                pending.add(pool.submit(upstream.check, name, validators))
-                if len(pending) >= window:
-                    break
-            if not pending:
-                return
-            finished, pending = concurrent.futures.wait(
-                pending, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for future in finished:
-                yield future.result()
+        for future in _windowed(
+            lambda item: pool.submit(upstream.check, *item), items, threads * 4
+        ):
+            yield future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -975,24 +987,15 @@ def _watch_in_processes(
         initializer=_start_worker,
         initargs=(settings,),
     )
-    pending: set[concurrent.futures.Future[list[Checked]]] = set()
     try:
-        while True:
-            # Two chunks per worker in flight, so none waits for the parent between chunks.
-            for part in chunks:
-                pending.add(pool.submit(_check_chunk, part))
-                if len(pending) >= 2 * processes:
-                    break
-            if not pending:
-                return
-            finished, pending = concurrent.futures.wait(
-                pending, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for future in finished:
-                try:
-                    checked = future.result()
-                except concurrent.futures.process.BrokenProcessPool as exc:
-                    raise UpstreamError(f"watching upstream failed: {_first_line(exc)}") from exc
-                yield from checked
+        # Two chunks per worker in flight, so none waits for the parent between chunks.
+        for future in _windowed(
+            lambda part: pool.submit(_check_chunk, part), chunks, 2 * processes
+        ):
+            try:
+                checked = future.result()
+            except concurrent.futures.process.BrokenProcessPool as exc:
+                raise UpstreamError(f"watching upstream failed: {_first_line(exc)}") from exc
+            yield from checked
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
