@@ -70,3 +70,10 @@ class Workspace:
 def workspace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Workspace]:
     with UpstreamServer(tmp_path / "upstream") as upstream:
         yield Workspace(tmp_path, upstream, capsys)
+
+
+@pytest.fixture(params=["json", "html"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UpstreamServer]:
+    """A loopback upstream, once in each mode (PEP 691 JSON and PEP 503 HTML)."""
+    with UpstreamServer(tmp_path / "upstream", mode=request.param) as running:
+        yield running

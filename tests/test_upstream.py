@@ -37,12 +37,6 @@ from bot.upstream import (
 from support import UpstreamServer
 
 
-@pytest.fixture(params=["json", "html"])
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UpstreamServer]:
-    with UpstreamServer(tmp_path / "upstream", mode=request.param) as running:
-        yield running
-
-
 @pytest.fixture
 def client() -> Iterator[httpx.Client]:
     with make_client(timeout=10.0) as c:
