@@ -71,7 +71,7 @@ class Feedstock:
         if not SHA256_RE.match(sha256):
             raise FeedstockError(f"{where}: source.sha256 must be 64 lowercase hex digits")
         filename = text(source, "filename", "source.filename")
-        _check_sdist_name(filename, text(data, "project", "project"), version, where)
+        check_sdist_name(filename, text(data, "project", "project"), version, where)
         url = text(source, "url", "source.url")
         if urlsplit(url).scheme not in ("http", "https"):
             raise FeedstockError(f"{where}: source.url must be an http(s) URL")
@@ -86,7 +86,7 @@ class Feedstock:
         )
 
 
-def _check_sdist_name(filename: str, project: str, version: str, where: str) -> None:
+def check_sdist_name(filename: str, project: str, version: str, where: str) -> None:
     """The sdist must be a bare filename of this project at this version.
 
     The filename becomes a path on disk; a feedstock must never name another project's

@@ -361,13 +361,19 @@ class State:
 
     # -- watching upstream (bot.upstream.watch) ------------------------------------------------
 
-    def validators(self) -> dict[str, Validators]:
-        """What to send back per project: only where a page is kept for a 304 to reuse."""
+    def validators(self, index_url: str = "") -> dict[str, Validators]:
+        """What to send back per project: only where a page is kept for a 304 to reuse.
+
+        With ``index_url``, only pages fetched from under it: another index's validators could
+        earn a 304 that would pass off the old index's page as this one's.
+        """
         from bot.upstream import Validators
 
         rows = self.db.execute(
             "SELECT project, etag, last_modified FROM pages WHERE files IS NOT NULL "
-            "AND (etag IS NOT NULL OR last_modified IS NOT NULL)"
+            "AND (etag IS NOT NULL OR last_modified IS NOT NULL) "
+            "AND substr(url, 1, length(?)) = ?",
+            (index_url, index_url),
         )
         return {str(p): Validators(etag=e, last_modified=m) for p, e, m in rows}
 
@@ -424,13 +430,17 @@ class State:
                 missing,
             )
 
-    def cached_page(self, name: str) -> ProjectPage | None:
-        """The page as last fetched (kept through 304s and failures), if there is one."""
+    def cached_page(self, name: str, index_url: str = "") -> ProjectPage | None:
+        """The page as last fetched (kept through 304s and failures), if there is one.
+
+        With ``index_url``, only a page fetched from under it.
+        """
         from bot.upstream import ProjectPage
 
         row = self.db.execute(
-            "SELECT project, url, files FROM pages WHERE project = ? AND files IS NOT NULL",
-            (_canonical(name),),
+            "SELECT project, url, files FROM pages WHERE project = ? AND files IS NOT NULL "
+            "AND substr(url, 1, length(?)) = ?",
+            (_canonical(name), index_url, index_url),
         ).fetchone()
         if row is None:
             return None

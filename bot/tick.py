@@ -32,12 +32,17 @@ from bot.versions import Choice, Release, choose_release, latest_release
 WATCH_PROGRESS = 1000
 
 
-def _source(release: Release) -> tuple[Source, DistFile]:
+def _source(entry: Entry, release: Release) -> tuple[Source, DistFile]:
     sdist = release.sdist
     if sdist is None:  # latest_release only returns releases with an sdist
         raise WheelstockError(f"release {release.version} has no sdist")
     if not sdist.sha256:
         raise WheelstockError(f"upstream gives no sha256 for {sdist.filename}")
+    # The name becomes a path under downloads/ and goes into feedstock.yaml: a bare sdist
+    # name of this project at this version, or nothing (DESIGN, trust rules).
+    feedstock.check_sdist_name(
+        sdist.filename, entry.project, str(release.version), f"upstream's page of {entry.project}"
+    )
     return Source(filename=sdist.filename, url=sdist.url, sha256=sdist.sha256), sdist
 
 
@@ -79,7 +84,7 @@ def create_feedstock(bot: Bot, entry: Entry, page: ProjectPage, summary: Summary
         raise WheelstockError(
             f"upstream has no final, non-yanked release of {entry.project} with an sdist"
         )
-    source, _ = _source(release)
+    source, _ = _source(entry, release)
     files = feedstock.render(
         bot.template_dir,
         project=entry.project,
@@ -117,7 +122,10 @@ def sync_project(
 
 def verify_sdist(bot: Bot, entry: Entry, source: Source) -> Path:
     """Download the sdist and check upstream's sha256 before a PR names it (kept for the build)."""
-    path = bot.state.downloads_dir / entry.name / source.filename
+    folder = bot.state.downloads_dir / entry.name
+    path = folder / source.filename
+    if path.resolve().parent != folder.resolve():
+        raise SourceRefused(f"{source.filename!r} is not a bare sdist file name")
     if not (path.is_file() and sha256_file(path) == source.sha256):
         bot.upstream.download(source.url, path, source.sha256)
     return path
@@ -161,7 +169,7 @@ def propose_bump(
 ) -> None:
     """Open the version-bump PR for ``release`` (one commit editing feedstock.yaml)."""
     current = feedstock.parse(text, f"{entry.name}-feedstock/{FEEDSTOCK_FILE}")
-    source, sdist = _source(release)
+    source, sdist = _source(entry, release)
     bump = Bump(
         project=entry.name,
         old=current.version,
@@ -498,7 +506,7 @@ def watch_upstream(bot: Bot, entries: list[Entry]) -> dict[str, ProjectPage | st
     """
     if not entries:
         return {}
-    known = bot.state.validators()
+    known = bot.state.validators(bot.upstream.index_url)
     items = [(e.project, known.get(e.name)) for e in entries]
 
     def progress(done: int, total: int) -> None:
@@ -518,7 +526,7 @@ def watch_upstream(bot: Bot, entries: list[Entry]) -> dict[str, ProjectPage | st
         if checked.page is not None:
             pages[checked.name] = checked.page
         elif checked.status == "unchanged":
-            cached = bot.state.cached_page(checked.name)
+            cached = bot.state.cached_page(checked.name, bot.upstream.index_url)
             pages[checked.name] = cached or "upstream answered 304 but no page is stored"
         else:
             pages[checked.name] = checked.error or f"upstream check {checked.status}"

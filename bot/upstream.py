@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -254,12 +255,20 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def is_bare_filename(name: str) -> bool:
+    """A name that is one file in one directory: no separators, no parent, not hidden."""
+    return bool(name) and not ("/" in name or "\\" in name or "\0" in name or name.startswith("."))
+
+
 def _parse_time(text: str) -> datetime:
     # PEP 700: ISO 8601 "yyyy-mm-ddThh:mm:ss.ffffffZ"; fromisoformat takes "Z" since 3.11.
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:  # e.g. year 1 with a positive offset
+        raise ValueError(f"out of range: {text!r}") from exc
 
 
 def _check_api_version(version: object, where: str) -> None:
@@ -332,6 +341,9 @@ def parse_json_page(data: Any, page_url: str) -> tuple[DistFile, ...]:
         filename = entry.get("filename")
         if not isinstance(filename, str) or not filename:
             raise bad(f"{at}.filename", "is not a string")
+        if not is_bare_filename(filename):
+            # The name becomes a path on disk: never a directory, a parent or a hidden file.
+            raise bad(f"{at}.filename", f"is not a bare file name: {filename!r}")
         url = entry.get("url")
         if not isinstance(url, str) or not url:
             raise bad(f"{at}.url", "is not a string")
@@ -445,7 +457,8 @@ def parse_html_page(text: str, page_url: str) -> tuple[DistFile, ...]:
             continue
         # PEP 503: the filename is the URL's last path segment.
         filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-        if not filename:
+        if not is_bare_filename(filename):
+            # `%2F` unquotes to "/": such a link would name a path, not a file.
             continue
         algorithm, _, digest = fragment.partition("=")
         sha256 = digest.lower() if algorithm == "sha256" and digest else None
@@ -547,12 +560,17 @@ class _Cookies(httpx.Cookies):
 
 
 def make_client(*, timeout: float | httpx.Timeout = 30.0) -> httpx.Client:
-    """An HTTP client for upstream: redirects followed, our User-Agent, keep-alive per thread."""
+    """An HTTP client for upstream: redirects followed, our User-Agent, keep-alive per thread.
+
+    With a proxy configured in the environment (HTTP_PROXY and friends), httpx's own pool is
+    used instead, because only it routes through the proxy; it is slower across threads.
+    """
+    proxied = any(urllib.request.getproxies().get(scheme) for scheme in ("http", "https", "all"))
     client = httpx.Client(
         follow_redirects=True,
         headers={"User-Agent": USER_AGENT},
         timeout=timeout,
-        transport=ThreadLocalTransport(),
+        transport=None if proxied else ThreadLocalTransport(),
     )
     # Private in httpx (0.27-0.28); if it moves, this only stops saving time.
     if isinstance(getattr(client, "_cookies", None), httpx.Cookies):
@@ -779,6 +797,10 @@ class Upstream:
             page = self._page(canonical, response)
         except UpstreamError as exc:
             return Checked(canonical, "failed", None, sent, _first_line(exc))
+        except (ValueError, RecursionError, OverflowError, UnicodeError) as exc:
+            # Whatever a hostile page trips in a parser costs that project, never the watch.
+            reason = f"upstream {url} sent a page that cannot be read: {type(exc).__name__}"
+            return Checked(canonical, "failed", None, sent, reason)
         return Checked(canonical, "changed", page, _validators_of(response, Validators()))
 
     def _page(self, canonical: str, response: httpx.Response) -> ProjectPage:
@@ -787,8 +809,9 @@ class Upstream:
         if content_type == JSON_V1:
             try:
                 data = json.loads(response.content)
-            except ValueError as exc:
-                raise UpstreamError(f"upstream {page_url} sent invalid JSON: {exc}") from exc
+            except (ValueError, RecursionError) as exc:
+                reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                raise UpstreamError(f"upstream {page_url} sent invalid JSON: {reason}") from exc
             files = parse_json_page(data, page_url)
         elif content_type.endswith("+json") or content_type == "application/json":
             # Anything else JSON-shaped is a format we never asked for (PEP 691 negotiation).

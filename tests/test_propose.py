@@ -569,3 +569,17 @@ def test_a_project_whose_checks_fail_does_not_stop_the_others(kit: Kit) -> None:
     assert summary.created == 1 and kit.local.feedstocks() == ["bbb"]
     (error,) = summary.errors
     assert error.startswith("aaa: upstream ") and "503" in error and "failure 1" in error
+
+
+def test_another_upstream_gets_no_validators_of_the_old_one(kit: Kit, tmp_path: Path) -> None:
+    enrolled_at(kit)
+    with UpstreamServer(tmp_path / "mirror") as mirror:
+        mirror.add_file("demo", quick_sdist(kit.root / "dist" / "1.0", "demo", "1.0"))
+        mirror.add_file("demo", quick_sdist(kit.root / "dist" / "1.1", "demo", "1.1"))
+        kit.upstream = mirror
+        summary = kit.tick()
+        (seen,) = mirror.seen("/simple/demo/")
+        assert seen.status == 200 and "if-none-match" not in seen.headers
+        assert "if-modified-since" not in seen.headers
+        (pr,) = kit.prs("demo")
+        assert summary.opened == 1 and mirror.url in pr.body  # the mirror's page, not the old one

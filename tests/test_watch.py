@@ -15,6 +15,7 @@ import pytest
 from tenacity import wait_none
 
 import bot
+from bot.errors import UpstreamError
 from bot.state import State
 from bot.upstream import (
     Checked,
@@ -24,6 +25,8 @@ from bot.upstream import (
     Upstream,
     Validators,
     make_client,
+    parse_html_page,
+    parse_json_page,
     watch,
 )
 
@@ -458,3 +461,64 @@ def test_a_watch_round_trips_through_the_state(
         page = state.cached_page(name)
         assert page is not None and list(page.files) == server.dist_files(name)
     state.close()
+
+
+# --- hostile pages ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "filename",
+    ["../../tmp/x/demo-1.0.tar.gz", "/etc/demo-1.0.tar.gz", "sub\\demo-1.0.tar.gz", ".demo.tar.gz"],
+)
+def test_a_json_page_naming_a_path_instead_of_a_file_is_refused(filename: str) -> None:
+    page = {"meta": {"api-version": "1.0"}, "files": [{"filename": filename, "url": "x"}]}
+    with pytest.raises(UpstreamError, match="is not a bare file name"):
+        parse_json_page(page, "http://127.0.0.1/simple/demo/")
+
+
+def test_an_html_link_whose_name_unquotes_to_a_path_is_skipped() -> None:
+    html = (
+        '<a href="../../files/..%2F..%2Fevil%2Fdemo-1.0.tar.gz">x</a>'
+        '<a href="../../files/demo-1.0.tar.gz#sha256=' + "0" * 64 + '">ok</a>'
+    )
+    files = parse_html_page(html, "http://127.0.0.1/simple/demo/")
+    assert [f.filename for f in files] == ["demo-1.0.tar.gz"]
+
+
+def _answering(body: bytes, content_type: str) -> Upstream:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"Content-Type": content_type})
+
+    return Upstream(
+        "http://upstream.test/simple/", httpx.Client(transport=httpx.MockTransport(handler))
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (
+            b'{"files": [{"filename": "demo-1.0.tar.gz", "url": "f",'
+            b' "upload-time": "0001-01-01T00:00:00+23:59"}]}',
+            "upload-time",
+        ),
+    ],
+)
+def test_a_hostile_page_fails_its_project_and_not_the_watch(body: bytes, why: str) -> None:
+    upstream = _answering(body, "application/vnd.pypi.simple.v1+json")
+    (checked,) = watch(upstream, [("demo", None)])
+    assert checked.status == "failed" and checked.error is not None and why in checked.error
+
+
+def test_make_client_goes_through_a_configured_proxy(
+    server: UpstreamServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(server, tmp_path, "demo", "1.0")
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    # The loopback server answers absolute-form requests, as a forwarding proxy would.
+    monkeypatch.setenv("HTTP_PROXY", server.base)
+    with make_client(timeout=5.0) as proxied:
+        page = Upstream("http://index.invalid/simple/", proxied, attempts=1).project("demo")
+    assert [f.filename for f in page.files] == ["demo-1.0.tar.gz"]
