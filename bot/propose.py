@@ -9,7 +9,7 @@ from packaging.version import Version
 
 from bot import feedstock
 from bot.context import Bot, Summary
-from bot.errors import WheelstockError
+from bot.errors import ForgeError, WheelstockError
 from bot.feedstock import FEEDSTOCK_FILE
 from bot.forge import BOT_HANDLE, Comment, PullRequest
 from bot.prs import COMMANDS, Rerender, parse_branch, parse_commands, supersessions
@@ -35,18 +35,31 @@ class Proposal:
     body: Callable[[tuple[int, ...], tuple[int, ...]], str]
 
 
-def touched_by_others(bot: Bot, pr: PullRequest) -> bool:
-    """Whether anyone but the bot committed to the PR's branch (their work stays open)."""
+def _others_on(bot: Bot, project: str, branch: str) -> bool:
     try:
-        return bool(bot.forge.branch_authors(pr.project, pr.branch) - {BOT_HANDLE})
+        return bool(bot.forge.branch_authors(project, branch) - {BOT_HANDLE})
     except WheelstockError:
         # A branch that can't be read is treated as someone's: closing it could lose work.
         return True
 
 
+def touched_by_others(bot: Bot, pr: PullRequest) -> bool:
+    """Whether anyone but the bot committed to the PR's branch (their work stays open)."""
+    return _others_on(bot, pr.project, pr.branch)
+
+
+def bot_prs(bot: Bot, project: str, state: str | None = "open") -> list[PullRequest]:
+    """The PRs the bot itself opened: recorded in its intents, not merely named like its own.
+
+    A branch name is anyone's to choose; only the state database knows which PRs are ours.
+    """
+    ours = {i.pr_number for i in bot.state.intents(project) if i.pr_number is not None}
+    return [pr for pr in bot.forge.pull_requests(project, state) if pr.number in ours]
+
+
 def _open_bot_prs(bot: Bot, project: str) -> list[tuple[str, str, PullRequest]]:
     found = []
-    for pr in bot.forge.pull_requests(project, "open"):
+    for pr in bot_prs(bot, project):
         parsed = parse_branch(project, pr.branch)
         if parsed is not None:
             found.append((*parsed, pr))
@@ -87,8 +100,18 @@ def open_proposal(bot: Bot, proposal: Proposal, summary: Summary) -> PullRequest
     kept = tuple(pr.number for pr in older if touched_by_others(bot, pr))
     closes = tuple(pr.number for pr in older if pr.number not in kept)
     files = proposal.prepare()
+    pushed = proposal.branch in forge.branches(name)
+    if pushed:
+        # Only a branch an interrupted run of the bot pushed is reused; anyone else's branch
+        # of that name holds their commits, not the change this PR describes.
+        ours = any(i.branch == proposal.branch for i in state.intents(name, pending=True))
+        if not ours or _others_on(bot, name, proposal.branch):
+            raise ForgeError(
+                f"branch {proposal.branch} already exists on {name}-feedstock and was not "
+                "pushed by wheelstock; not opening a pull request from it"
+            )
     state.record_intent(name, proposal.branch, proposal.kind, proposal.version)
-    if proposal.branch not in forge.branches(name):
+    if not pushed:
         forge.push_change(name, proposal.branch, files, proposal.message)
     pr = forge.open_pr(name, proposal.branch, proposal.title, proposal.body(closes, kept))
     state.intent_opened(name, proposal.branch, pr.number)
@@ -111,7 +134,7 @@ def reconcile(bot: Bot, project: str) -> None:
         return
     numbers = {pr.branch: pr.number for pr in bot.forge.pull_requests(project)}
     for intent in pending:
-        if intent.branch in numbers:
+        if intent.branch in numbers and not _others_on(bot, project, intent.branch):
             bot.state.intent_opened(project, intent.branch, numbers[intent.branch])
 
 
@@ -120,7 +143,7 @@ def settle(bot: Bot, project: str, summary: Summary) -> None:
 
     A PR someone else pushed to is left open; the newer PR's body says so.
     """
-    prs = bot.forge.pull_requests(project, "open")
+    prs = bot_prs(bot, project)
     for moot in supersessions(project, prs, lambda pr: touched_by_others(bot, pr)):
         if not moot.close:
             continue
@@ -132,6 +155,28 @@ def settle(bot: Bot, project: str, summary: Summary) -> None:
         bot.forge.close_pr(moot.old.number, BOT_HANDLE)
         summary.superseded += 1
         bot.echo(f"closed PR #{moot.old.number}: superseded by #{moot.new.number}")
+
+
+def close_unwanted(bot: Bot, project: str, current: str, wanted: str | None) -> None:
+    """Close open bot bump PRs for releases the entry's rules no longer pick.
+
+    A release yanked or ignored after its PR was opened, or one that ``main`` already reached
+    by other means, would otherwise stay open and rank as the newest. Someone's pushes keep
+    a PR open, as when superseding.
+    """
+    floor = Version(wanted) if wanted is not None else Version(current)
+    for kind, version, pr in _open_bot_prs(bot, project):
+        if kind != "bump" or touched_by_others(bot, pr):
+            continue
+        if Version(version) > floor:
+            why = f"upstream's {version} is no longer a release to build (yanked or ignored)"
+        elif Version(version) <= Version(current):
+            why = f"main is already at {current}"
+        else:
+            continue
+        bot.forge.comment(pr.number, BOT_HANDLE, f"Closing: {why}.")
+        bot.forge.close_pr(pr.number, BOT_HANDLE)
+        bot.echo(f"closed PR #{pr.number}: {why}")
 
 
 def rerender_feedstock(bot: Bot, entry: Entry, summary: Summary) -> PullRequest | None:
@@ -203,18 +248,23 @@ def answer_commands(
     reply saying so. Each comment is acted on once: the newest handled id is kept per PR.
     ``rebuild(entry)`` arranges a new build of the feedstock's main head and says what it did.
     """
+    ours = {i.pr_number for i in bot.state.intents() if i.pr_number is not None}
     for pr in bot.forge.pull_requests():
-        if pr.state == "closed" or parse_branch(pr.project, pr.branch) is None:
+        if pr.state == "closed" or pr.number not in ours:
             continue
         seen = bot.state.last_comment_seen(pr.number)
         for comment in bot.forge.comments(pr.number, after=seen):
-            if comment.author != BOT_HANDLE:
-                for command in parse_commands(comment.body):
-                    reply = _command(bot, entries.get(pr.project), pr, comment, command, rebuild)
-                    bot.forge.comment(pr.number, BOT_HANDLE, reply)
-                    summary.commands += 1
-                    bot.echo(f"PR #{pr.number}: @{comment.author} {command}: {reply}")
-                    pr = bot.forge.get_pr(pr.number)
+            commands = parse_commands(comment.body) if comment.author != BOT_HANDLE else []
+            entry = entries.get(pr.project)
+            if commands and (entry is None or not entry.is_maintainer(comment.author)):
+                # One reply per comment, however many commands it holds.
+                commands = commands[:1]
+            for command in commands:
+                reply = _command(bot, entry, pr, comment, command, rebuild)
+                bot.forge.comment(pr.number, BOT_HANDLE, reply)
+                summary.commands += 1
+                bot.echo(f"PR #{pr.number}: @{comment.author} {command}: {reply}")
+                pr = bot.forge.get_pr(pr.number)
             bot.state.see_comment(pr.number, comment.id)
 
 
@@ -233,7 +283,7 @@ def _command(
         listed = ", ".join(f"@{m}" for m in entry.maintainers)
         return (
             f"{who}: only the maintainers listed for {entry.name} ({listed}) can give "
-            f"wheelstock commands; `{command}` ignored."
+            "wheelstock commands; ignored."
         )
     if command not in COMMANDS:
         known = ", ".join(f"`@wheelstock {c}`" for c in COMMANDS)

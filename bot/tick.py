@@ -114,6 +114,9 @@ def sync_project(
     text = bot.forge.read_file(entry.name, FEEDSTOCK_FILE)
     current = feedstock.parse(text, f"{entry.name}-feedstock/{FEEDSTOCK_FILE}")
     release = choose(bot, entry, page.files, Version(current.version)).release
+    propose.close_unwanted(
+        bot, entry.name, current.version, None if release is None else str(release.version)
+    )
     if release is not None:
         propose_bump(bot, entry, page, text, release, summary, affected)
     propose.rerender_feedstock(bot, entry, summary)
@@ -466,7 +469,7 @@ def rebuild(bot: Bot, entry: Entry) -> str:
     head = bot.forge.head(entry.name)
     build = bot.state.build_for(entry.name, head)
     if build is None:
-        return f"main ({head[:12]}) has not been built yet; it builds in this tick."
+        return f"main ({head[:12]}) has not been built yet; it is built at the next build."
     if build.status != "failed":
         return (
             f"{build.version} at {head[:12]} is {build.status}; only a failed build is rebuilt "
@@ -474,12 +477,20 @@ def rebuild(bot: Bot, entry: Entry) -> str:
         )
     kept = None
     if build.directory.exists():
-        # The failed attempt's log stays next to the new one.
-        kept = build.directory.with_name(f"{build.directory.name}.failed-{build.id}")
-        build.directory.rename(kept)
+        # The failed attempt's log stays next to the new one, under a name no retry reuses.
+        stamp = now().replace(":", "").replace("-", "")
+        kept = build.directory.with_name(f"{build.directory.name}.failed-{stamp}")
+        attempt = 1
+        while kept.exists():
+            attempt += 1
+            kept = build.directory.with_name(f"{build.directory.name}.failed-{stamp}-{attempt}")
+        try:
+            build.directory.rename(kept)
+        except OSError as exc:
+            raise WheelstockError(f"cannot keep the failed build's log: {exc.strerror}") from exc
     bot.state.forget_build(build)
     where = f"; the failed attempt's log is in {kept}" if kept else ""
-    return f"rebuilding {build.version} from main ({head[:12]}) in this tick{where}."
+    return f"rebuilding {build.version} from main ({head[:12]}) at the next build{where}."
 
 
 def affected_by(bot: Bot, entries: tuple[Entry, ...]) -> Callable[[str], tuple[str, ...]]:
@@ -585,13 +596,14 @@ def tick(bot: Bot, *, build: bool = True) -> Summary:
     reg = load_registry(bot, summary)
     retire_removed(bot, reg, summary)
     entries = active(bot, reg, summary)
-    sync_all(bot, entries, summary)
+    # Commands first: a PR that this tick supersedes still gets its answers.
     try:
         propose.answer_commands(
             bot, {e.name: e for e in reg.entries}, summary, lambda entry: rebuild(bot, entry)
         )
     except WheelstockError as exc:
         summary.error(bot, "commands", str(exc))
+    sync_all(bot, entries, summary)
     if build:
         build_heads(bot, entries, summary)
         publish(bot, summary)

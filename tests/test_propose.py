@@ -398,38 +398,104 @@ def test_commands_from_others_are_refused_with_a_reply(kit: Kit) -> None:
     _, _, refusal, unknown = kit.local.comments(pr.number)
     assert refusal.body == (
         "@mallory: only the maintainers listed for demo (@alice) can give wheelstock commands; "
-        "`close` ignored."
+        "ignored."
     )
     assert unknown.body.startswith("@alice: unknown command `dance`; wheelstock knows")
 
 
-def test_rebuild_command_retries_a_failed_build(kit: Kit) -> None:
-    enrolled_at(kit)
+def fail_build_of_main(kit: Kit, log: str) -> tuple[str, Path]:
     bot = kit.bot()
     head = bot.forge.head("demo")
     failed_dir = bot.state.builds_dir / "demo" / head[:12]
     failed_dir.mkdir(parents=True)
-    (failed_dir / "build.log").write_text("the runner ran out of disk\n")
+    (failed_dir / "build.log").write_text(log)
     bot.state.record_build(
         project="demo", version="1.0", commit=head, status="failed", directory=failed_dir
     )
+    bot.state.close()
+    return head, failed_dir
+
+
+def test_rebuild_command_retries_a_failed_build_every_time_it_fails(kit: Kit) -> None:
+    enrolled_at(kit)
+    head, failed_dir = fail_build_of_main(kit, "the runner ran out of disk\n")
     kit.release("demo", "1.1")
     kit.tick()
     (pr,) = kit.prs("demo")
     kit.local.comment(pr.number, "alice", "@wheelstock rebuild")
     kit.tick()
     reply = kit.local.comments(pr.number)[-1].body
-    assert reply.startswith(f"@alice: rebuilding 1.0 from main ({head[:12]}) in this tick")
-    assert bot.state.build_for("demo", head) is None  # so build_heads builds it again
-    kept = failed_dir.with_name(f"{head[:12]}.failed-1") / "build.log"
-    assert kept.read_text() == "the runner ran out of disk\n"
+    assert reply.startswith(f"@alice: rebuilding 1.0 from main ({head[:12]}) at the next build")
+    state = State(kit.root / "state")
+    assert state.build_for("demo", head) is None  # so build_heads builds it again
+    # It fails again, and is rebuilt again: every failed attempt's log is kept.
+    fail_build_of_main(kit, "flaky network\n")
+    kit.local.comment(pr.number, "alice", "@wheelstock rebuild")
+    kit.tick()
+    assert "rebuilding 1.0" in kit.local.comments(pr.number)[-1].body
+    logs = sorted(p.read_text() for p in failed_dir.parent.glob(f"{head[:12]}.failed-*/build.log"))
+    assert logs == ["flaky network\n", "the runner ran out of disk\n"]
     # Asking again while nothing failed says why nothing happens.
     kit.local.comment(pr.number, "alice", "@wheelstock rebuild")
     kit.tick()
-    assert (
-        "has not been built yet; it builds in this tick" in kit.local.comments(pr.number)[-1].body
+    assert "has not been built yet" in kit.local.comments(pr.number)[-1].body
+    state.close()
+
+
+def test_one_refusal_per_comment_however_many_commands(kit: Kit) -> None:
+    pr = open_bump(kit)
+    kit.local.comment(pr.number, "mallory", "@wheelstock close\n@wheelstock rebuild\n" * 20)
+    assert kit.tick().commands == 1
+    assert len(kit.local.comments(pr.number)) == 2
+
+
+def test_commands_on_a_pr_superseded_in_the_same_tick_are_answered(kit: Kit) -> None:
+    pr = open_bump(kit)
+    kit.local.comment(pr.number, "alice", "@wheelstock rebuild")
+    kit.release("demo", "1.2")
+    summary = kit.tick()
+    assert summary.commands == 1 and summary.superseded == 1
+    bodies = [c.body for c in kit.local.comments(pr.number)]
+    assert bodies[1].startswith("@alice: ") and bodies[2].startswith("Superseded by #2")
+
+
+# --- only the bot's own PRs and branches --------------------------------------------------------
+
+
+def test_a_human_pr_named_like_the_bots_is_not_the_bots(kit: Kit) -> None:
+    pr = open_bump(kit)
+    branch = "wheelstock/demo-99"
+    kit.local.push_change("demo", branch, {"NOTES.md": "mine\n"}, "my change")
+    human = kit.local.open_pr("demo", branch, "my unrelated change", "")
+    kit.local.comment(human.number, "alice", "@wheelstock close")
+    summary = kit.tick()
+    assert summary.superseded == 0 and summary.commands == 0
+    assert kit.local.get_pr(pr.number).state == "open"
+    assert kit.local.get_pr(human.number).state == "open"
+    assert kit.local.comments(pr.number) == []
+
+
+def test_a_branch_someone_else_pushed_under_the_bots_name_is_not_used(kit: Kit) -> None:
+    enrolled_at(kit)
+    human_branch = "wheelstock/demo-1.1"
+    kit.local.push_change("demo", human_branch, {"X.md": "mallory was here\n"}, "x")
+    human_push(kit.local, "demo", human_branch, who="mallory")
+    kit.release("demo", "1.1")
+    summary = kit.tick()
+    assert summary.opened == 0 and kit.prs("demo") == []
+    (error,) = summary.errors
+    assert "branch wheelstock/demo-1.1 already exists on demo-feedstock and was not pushed" in error
+
+
+def test_a_pr_whose_release_was_yanked_is_closed(kit: Kit, tmp_path: Path) -> None:
+    pr = open_bump(kit)
+    kit.upstream.add_file(
+        "demo", quick_sdist(kit.root / "dist" / "1.1", "demo", "1.1"), yanked="broken build"
     )
-    bot.state.close()
+    kit.tick()
+    closed = kit.local.get_pr(pr.number)
+    assert closed.state == "closed" and closed.closed_by == BOT_HANDLE
+    assert "no longer a release to build" in kit.local.comments(pr.number)[-1].body
 
 
 # --- rerender ---------------------------------------------------------------------------------
