@@ -12,7 +12,14 @@ from bot.context import Bot, Summary
 from bot.errors import ForgeError, WheelstockError
 from bot.feedstock import FEEDSTOCK_FILE
 from bot.forge import BOT_HANDLE, Comment, PullRequest
-from bot.prs import COMMANDS, Rerender, parse_branch, parse_commands, supersessions
+from bot.prs import (
+    COMMANDS,
+    Rerender,
+    parse_branch,
+    parse_commands,
+    rank_of,
+    supersessions,
+)
 from bot.registry import Entry
 
 __all__ = ["Proposal", "answer_commands", "open_proposal", "rerender_feedstock", "settle"]
@@ -79,7 +86,9 @@ def open_proposal(bot: Bot, proposal: Proposal, summary: Summary) -> PullRequest
     older = []
     staying = 0
     for kind, version, pr in _open_bot_prs(bot, name):
-        same_kind_older = kind == proposal.kind and _older(kind, version, proposal.version)
+        same_kind_older = kind == proposal.kind and rank_of(kind, version) < rank_of(
+            kind, proposal.version
+        )
         if same_kind_older:
             older.append(pr)
         if not same_kind_older or touched_by_others(bot, pr):
@@ -119,12 +128,6 @@ def open_proposal(bot: Bot, proposal: Proposal, summary: Summary) -> PullRequest
     bot.echo(f"opened PR #{pr.number}: {pr.title}")
     settle(bot, name, summary)
     return pr
-
-
-def _older(kind: str, version: str, than: str) -> bool:
-    if kind == "rerender":
-        return int(version) < int(than)
-    return Version(version) < Version(than)
 
 
 def reconcile(bot: Bot, project: str) -> None:

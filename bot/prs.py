@@ -32,6 +32,7 @@ __all__ = [
     "normalize_label",
     "parse_branch",
     "parse_commands",
+    "rank_of",
     "rerender_branch",
     "source_url",
     "supersessions",
@@ -284,7 +285,8 @@ def parse_branch(project: str, branch: str) -> tuple[str, str] | None:
     return None
 
 
-def _rank(kind: str, version: str) -> Version:
+def rank_of(kind: str, version: str) -> Version:
+    """Orders bot PRs of one kind: bump releases by PEP 440, rerenders by template number."""
     return Version(version) if kind == "bump" else Version(f"0!{int(version)}")
 
 
@@ -312,7 +314,7 @@ def supersessions(
         if parsed is None:
             continue
         kind, version = parsed
-        rank = _rank(kind, version)
+        rank = rank_of(kind, version)
         ours.append((kind, rank, pr))
         if kind not in newest or rank > newest[kind][0]:
             newest[kind] = (rank, pr)
