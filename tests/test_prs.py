@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bot.feedstock import Source
+from bot.forge import PullRequest
 from bot.metadata import ProjectMetadata
 from bot.prs import (
     Bump,
@@ -18,6 +19,7 @@ from bot.prs import (
     metadata_changes,
     normalize_label,
     source_url,
+    supersessions,
 )
 
 SHA = "3f" * 32
@@ -503,3 +505,43 @@ def test_hostile_values_stay_inside_their_markup() -> None:
 )
 def test_code_span(value: str, span: str) -> None:
     assert _code(value) == span
+
+
+# --- which open bot PRs a newer one makes moot -----------------------------------------------
+
+
+def _pr(number: int, branch: str, state: str = "open") -> PullRequest:
+    return PullRequest(
+        number=number,
+        project="demo",
+        branch=branch,
+        title=branch,
+        body="",
+        state=state,
+        base_commit="0" * 40,
+        head_commit="1" * 40,
+        created_at="2026-11-21T00:00:00Z",
+    )
+
+
+def test_supersessions_rank_within_each_kind_only() -> None:
+    prs = [
+        _pr(1, "wheelstock/demo-1.1"),
+        _pr(2, "wheelstock/rerender/v2"),
+        _pr(3, "wheelstock/demo-1.10"),  # 1.10 > 1.9 > 1.1 by PEP 440, not by text
+        _pr(4, "wheelstock/demo-1.9"),
+        _pr(5, "wheelstock/rerender/v3"),
+        _pr(6, "wheelstock/demo-2.0", state="closed"),  # closed PRs rank for nothing
+        _pr(7, "feature/demo-9"),  # not a bot branch
+    ]
+    moot = supersessions("demo", prs, touched=lambda pr: pr.number == 4)
+    assert [(m.old.number, m.new.number, m.close) for m in moot] == [
+        (1, 3, True),
+        (2, 5, True),
+        (4, 3, False),  # someone pushed to it: left open
+    ]
+
+
+def test_supersessions_with_one_pr_per_kind_is_empty() -> None:
+    prs = [_pr(1, "wheelstock/demo-1.1"), _pr(2, "wheelstock/rerender/v2")]
+    assert supersessions("demo", prs, touched=lambda pr: False) == []
