@@ -182,10 +182,12 @@ def close_unwanted(bot: Bot, project: str, current: str, wanted: str | None) -> 
         bot.echo(f"closed PR #{pr.number}: {why}")
 
 
-def rerender_feedstock(bot: Bot, entry: Entry, summary: Summary) -> PullRequest | None:
-    """Open a rerender PR when ``feedstock-template/`` is newer than the feedstock's files."""
+def rerender_feedstock(bot: Bot, entry: Entry, text: str, summary: Summary) -> PullRequest | None:
+    """Open a rerender PR when ``feedstock-template/`` is newer than the feedstock's files.
+
+    ``text`` is ``feedstock.yaml`` on ``main``, as the caller already read it.
+    """
     name = entry.name
-    text = bot.forge.read_file(name, FEEDSTOCK_FILE)
     where = f"{name}-feedstock/{FEEDSTOCK_FILE}"
     current = feedstock.parse(text, where)
     newest = feedstock.template_version(bot.template_dir)

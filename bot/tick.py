@@ -118,8 +118,8 @@ def sync_project(
         bot, entry.name, current.version, None if release is None else str(release.version)
     )
     if release is not None:
-        propose_bump(bot, entry, page, text, release, summary, affected)
-    propose.rerender_feedstock(bot, entry, summary)
+        propose_bump(bot, entry, page, text, current, release, summary, affected)
+    propose.rerender_feedstock(bot, entry, text, summary)
     propose.settle(bot, entry.name, summary)
 
 
@@ -166,12 +166,12 @@ def propose_bump(
     entry: Entry,
     page: ProjectPage,
     text: str,
+    current: Feedstock,
     release: Release,
     summary: Summary,
     affected: Affected,
 ) -> None:
-    """Open the version-bump PR for ``release`` (one commit editing feedstock.yaml)."""
-    current = feedstock.parse(text, f"{entry.name}-feedstock/{FEEDSTOCK_FILE}")
+    """Open the version-bump PR for ``release`` (one commit editing feedstock.yaml ``text``)."""
     source, sdist = _source(entry, release)
     bump = Bump(
         project=entry.name,
