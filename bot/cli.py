@@ -39,8 +39,8 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument(
         "--template",
         type=Path,
-        default=Path("feedstock-template"),
-        help="feedstock template directory (default: feedstock-template)",
+        help="feedstock template directory (default: ./feedstock-template if present, else the "
+        "template installed with wheelstock)",
     )
     common.add_argument(
         "--upstream",
@@ -217,7 +217,7 @@ def _bot(args: argparse.Namespace, state: State) -> Bot:
         forge=LocalForge(state.forge_dir),
         upstream=_upstream(args),
         registry_dir=args.registry,
-        template_dir=args.template,
+        template_dir=args.template or feedstock.default_template(),
         max_new_prs=getattr(args, "max_new_prs", MAX_NEW_PRS),
         max_open_prs=getattr(args, "max_open_prs", MAX_OPEN_PRS),
         min_release_age=getattr(args, "min_release_age", None),

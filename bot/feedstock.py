@@ -175,6 +175,26 @@ def rerender(
     return files
 
 
+# Where the template is looked for when no --template is given: the working directory's
+# own copy wins (an operator's customised template), then the one installed with the package,
+# then the source tree's (a checkout or an editable install, where the package data is not
+# copied).
+DEFAULT_TEMPLATE = Path("feedstock-template")
+_PACKAGE = Path(__file__).resolve().parent
+_INSTALLED_TEMPLATE = _PACKAGE / "feedstock_template"
+_SOURCE_TEMPLATE = _PACKAGE.parent / "feedstock-template"
+
+
+def default_template(cwd: Path | None = None) -> Path:
+    """The template to use without --template: ./feedstock-template, else the shipped one."""
+    local = (cwd or Path.cwd()) / DEFAULT_TEMPLATE
+    for candidate in (local, _INSTALLED_TEMPLATE, _SOURCE_TEMPLATE):
+        if (candidate / TEMPLATE_VERSION_FILE).is_file():
+            return candidate
+    # Names the working directory's path, so the error says where a template was expected.
+    return local
+
+
 def template_version(template_dir: Path) -> int:
     path = template_dir / TEMPLATE_VERSION_FILE
     try:
