@@ -1,0 +1,1 @@
+"""Parts of a build: extraction, the sandbox, targets, repair and provenance."""
