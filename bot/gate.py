@@ -15,12 +15,17 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 
 from bot import index
-from bot.errors import GateError, PublishError, UpstreamError
+from bot.build import provenance as statements
+from bot.errors import BuildError, GateError, PublishError, UpstreamError
 from bot.fsutil import atomic_write_text, sha256_file
 from bot.registry import Entry
 from bot.state import Build, State, now
 
 PROVENANCE = "provenance.json"
+# The maintainer's approval: its own in-toto Statement beside the builder's, so the
+# provenance stays exactly what the builder wrote and the approval names it by sha256.
+APPROVAL = "approval.json"
+APPROVAL_TYPE = "urn:wheelstock:approval:v1"
 
 
 def staging_dir(state: State, project: str, commit: str) -> Path:
@@ -37,20 +42,34 @@ def stage(
     wheels: Sequence[Path],
     provenance: Mapping[str, Any],
 ) -> Build:
-    """Move a successful build's wheels into staging with their provenance record."""
+    """Move a successful build's wheels into staging with their provenance record.
+
+    A statement (a record with ``_type``) is written as given, after its subject is checked
+    against the wheels; any other record gets the wheels' sha256 and the staging time added.
+    """
+    files = {wheel.name: sha256_file(wheel) for wheel in wheels}
+    if "_type" in provenance:
+        try:
+            subject = statements.subject_digests(statements.check_statement(dict(provenance)))
+        except ValueError as exc:
+            raise GateError(f"provenance of {project} {version}: {exc}") from exc
+        if subject != files:
+            raise GateError(
+                f"provenance of {project} {version} names other wheels than the build made"
+            )
+        text = statements.dumps(provenance)
+    else:
+        text = json.dumps({**provenance, "wheels": files, "staged_at": now()}, indent=2) + "\n"
     target = staging_dir(state, project, commit)
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
     staged: list[str] = []
-    files: dict[str, str] = {}
     for wheel in wheels:
         dest = target / wheel.name
         shutil.move(str(wheel), dest)
         staged.append(str(dest))
-        files[wheel.name] = sha256_file(dest)
-    record = {**provenance, "wheels": files, "staged_at": now(), "approver": None}
-    atomic_write_text(build_dir / PROVENANCE, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(build_dir / PROVENANCE, text)
     # One build per version awaits review, so "approve PROJECT VERSION" names exactly one.
     for older in state.builds(project=project, status="staged"):
         if Version(older.version) == Version(version):
@@ -105,10 +124,33 @@ def _wheel_identity(path: Path) -> tuple[str, Version]:
     return name, version
 
 
+def _read_provenance(build: Build) -> dict[str, Any]:
+    path = build.directory / PROVENANCE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GateError(f"provenance of {build.project} {build.version} unreadable: {exc}") from exc
+    if not isinstance(record, dict):
+        raise GateError(f"provenance of {build.project} {build.version} is not a JSON object")
+    if "_type" in record:
+        try:
+            return statements.read_statement(path)
+        except BuildError as exc:
+            raise GateError(str(exc)) from exc
+    return record
+
+
+def _subject(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The in-toto subject of a provenance record: its own, or built from its wheels."""
+    if "_type" in record:
+        return list(record["subject"])
+    wheels: dict[str, str] = record.get("wheels", {})
+    return [{"name": n, "digest": {"sha256": d}} for n, d in sorted(wheels.items())]
+
+
 def check_build(build: Build) -> None:
     """Ownership rules: every wheel is the feedstock's project at its version, bytes unchanged."""
-    record = json.loads((build.directory / PROVENANCE).read_text(encoding="utf-8"))
-    expected: dict[str, str] = record.get("wheels", {})
+    expected = {s["name"]: s["digest"]["sha256"] for s in _subject(_read_provenance(build))}
     if not build.wheels:
         raise GateError(f"build of {build.project} {build.version} has no wheels")
     for wheel in map(Path, build.wheels):
@@ -137,13 +179,51 @@ def approve(state: State, entry: Entry, version: str, handle: str) -> Build:
     _require_maintainer(entry, handle)
     build = find(state, entry.name, version)
     check_build(build)
-    path = build.directory / PROVENANCE
-    record = json.loads(path.read_text(encoding="utf-8"))
-    record["approver"] = handle
-    record["approved_at"] = now()
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(build.directory / APPROVAL, statements.dumps(approval(build, handle)))
     state.set_status(build, "approved", by=handle)
     return build
+
+
+def approval(build: Build, handle: str) -> dict[str, Any]:
+    """The approval record of BUILD by HANDLE: the provenance's subject, and its sha256."""
+    path = build.directory / PROVENANCE
+    return {
+        "_type": statements.STATEMENT_TYPE,
+        "subject": _subject(_read_provenance(build)),
+        "predicateType": APPROVAL_TYPE,
+        "predicate": {
+            "approver": handle,
+            "approvedAt": now(),
+            "build": {"project": build.project, "version": build.version, "commit": build.commit},
+            "provenance": {"sha256": sha256_file(path)},
+        },
+    }
+
+
+def check_approval(build: Build) -> dict[str, Any]:
+    """The approval record of an approved build, refused unless it names this very build."""
+    what = f"{build.project} {build.version}"
+    try:
+        record = statements.read_statement(build.directory / APPROVAL, APPROVAL_TYPE)
+    except BuildError as exc:
+        raise GateError(f"approval of {what}: {exc}") from exc
+    predicate = record["predicate"]
+    covered = predicate.get("provenance")
+    # The approval covers the provenance it was given, byte for byte (DESIGN, trust rules:
+    # the record users check names the approver of exactly these wheels).
+    if not isinstance(covered, dict) or covered.get("sha256") != sha256_file(
+        build.directory / PROVENANCE
+    ):
+        raise GateError(f"provenance of {what} changed since it was approved")
+    if record["subject"] != _subject(_read_provenance(build)):
+        raise GateError(f"approval of {what} names other wheels than its provenance")
+    if predicate.get("approver") != build.decided_by or predicate.get("build") != {
+        "project": build.project,
+        "version": build.version,
+        "commit": build.commit,
+    }:
+        raise GateError(f"approval of {what} is not the one recorded for {build.commit[:12]}")
+    return record
 
 
 def reject(state: State, entry: Entry, version: str, handle: str, reason: str) -> Build:
@@ -185,6 +265,7 @@ def publish_approved(state: State, upstream_files: UpstreamFiles | None = None) 
         wheels = [Path(w) for w in build.wheels]
         try:
             check_build(build)
+            check_approval(build)
             if upstream_files is not None:
                 # A filename upstream serves is upstream's (DESIGN, trust rules): pip would
                 # see two files under one name with different bytes.

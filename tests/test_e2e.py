@@ -95,10 +95,12 @@ def test_enrol_bump_merge_build_approve_install(
     page = json.loads((ws.state / "index" / "simple" / NAME / "index.json").read_text())
     listed_hashes = {f["filename"]: f["hashes"]["sha256"] for f in page["files"]}
     assert listed_hashes[published.name] == sha256(wheel_bytes)
-    provenance = json.loads(
-        next((ws.state / "builds" / NAME).glob("*/provenance.json")).read_text()
-    )
-    assert provenance["approver"] == "alice"
+    # The approval is its own record beside the builder's provenance (in-toto Statement).
+    approvals = [
+        json.loads(path.read_text())
+        for path in (ws.state / "builds" / NAME).glob("*/approval.json")
+    ]
+    assert len(approvals) == 2 and {a["predicate"]["approver"] for a in approvals} == {"alice"}
 
     # pip in a fresh venv installs the wheel wheelstock built, and only that.
     env = clean_env()
