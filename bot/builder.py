@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import calendar
 import contextlib
+import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -11,19 +12,25 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from bot import __version__
+from bot.build.extract import ExtractionRefused, Limits, extract_sdist
+from bot.build.provenance import differing_members
+from bot.build.repair import import_check as import_check_wheel
+from bot.build.repair import is_pure, repair
+from bot.build.sandbox import Sandbox, find_sandbox, limited, pids_cgroup, process_limit_note
+from bot.build.targets import Interpreter
 from bot.errors import BuildError
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
@@ -61,7 +68,7 @@ _ZIP_EPOCH = 315532800
 
 # Asked of the interpreter that builds, so provenance names what really ran, not this process.
 _PROBE = """\
-import json, platform
+import json, platform, sys
 from importlib.metadata import PackageNotFoundError, version
 try:
     build = version("build")
@@ -69,10 +76,26 @@ except PackageNotFoundError:
     build = None
 print(json.dumps({
     "python": platform.python_implementation() + " " + platform.python_version(),
+    "version": "%d.%d" % sys.version_info[:2],
     "platform": platform.platform(),
     "build": build,
+    "prefix": sys.prefix,
+    "base_prefix": sys.base_prefix,
 }))
 """
+
+DRIVER = Path(__file__).resolve().parent / "build" / "driver.py"
+
+# What a hook that reached for the network says when there is none (it has its own empty
+# network namespace), so the log can say why in one line instead of leaving a stack trace.
+_NETWORK_ERRORS = (
+    "Network is unreachable",
+    "Temporary failure in name resolution",
+    "Name or service not known",
+    "No address associated with hostname",
+    "nodename nor servname provided",
+    "getaddrinfo failed",
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +107,9 @@ class BuildResult:
     log: str
     reason: str | None
     environment: Mapping[str, str] = field(default_factory=dict)
+    # Exactly what the isolated environment installed: name, version, sha256, url.
+    requirements: tuple[Mapping[str, Any], ...] = ()
+    sandbox: Mapping[str, Any] = field(default_factory=dict)
 
 
 class _Rejected(Exception):
@@ -152,13 +178,18 @@ def build_wheel(
     timeout: float = 900.0,
     environ: Mapping[str, str] | None = None,
     temp_root: Path | None = None,
+    sandbox: Sandbox | None = None,
+    limits: Limits | None = None,
+    frontends: Path | None = None,
 ) -> BuildResult:
     """Build wheels for `project` `version` from `sdist` into `out_dir`.
 
     A project whose sdist or build is unacceptable gives BuildResult(ok=False); BuildError is
-    raised only when wheelstock itself asks for something impossible (missing sdist, bad version).
-    `environ` is the environment to scrub (default os.environ); `temp_root` is where the temporary
-    build tree goes (default: the system's temporary directory).
+    raised only when wheelstock itself asks for something impossible (missing sdist, bad version,
+    no sandbox: SandboxUnavailable). `environ` is the environment to scrub (default os.environ);
+    `temp_root` is where the temporary build tree goes (default: the system's temporary
+    directory); `sandbox` how hooks run (default: bubblewrap, found on PATH); `limits` what
+    unpacking allows; `frontends` where pypa/build is installed for Pythons that lack it.
     """
     if not sdist.is_file():
         raise BuildError(f"sdist not found: {sdist}")
@@ -168,9 +199,11 @@ def build_wheel(
         raise BuildError(f"invalid version {version!r} for {project}") from exc
     wanted_name = canonicalize_name(project)
     source_env = os.environ if environ is None else environ
+    box = sandbox if sandbox is not None else find_sandbox()
 
     log: list[str] = []
     environment: dict[str, str] = {"builder": BUILDER}
+    installed: list[Mapping[str, Any]] = []
 
     def note(line: str) -> None:
         log.append(f"[wheelstock] {line}\n")
@@ -178,18 +211,24 @@ def build_wheel(
     def result(ok: bool, wheels: tuple[Path, ...], reason: str | None) -> BuildResult:
         if reason is not None:
             note(f"not ok: {reason}")
-        return BuildResult(ok, wheels, "".join(log), reason, dict(environment))
+        return BuildResult(
+            ok, wheels, "".join(log), reason, dict(environment), tuple(installed), box.describe()
+        )
 
-    work = Path(tempfile.mkdtemp(prefix="wheelstock-build-", dir=temp_root))
+    work = Path(tempfile.mkdtemp(prefix="wheelstock-build-", dir=temp_root)).resolve()
     try:
         note(f"{BUILDER}: building {wanted_name} {wanted_version} from {sdist.name}")
         # Sources go one level down so that nothing the sdist names sits in the build's cwd.
-        src_root, home, tmp, tmp_out = (work / d for d in ("src", "home", "tmp", "out"))
-        for d in (src_root, home, tmp, tmp_out):
+        src_root, home, tmp, tmp_out, reports = (
+            work / d for d in ("src", "home", "tmp", "out", "reports")
+        )
+        for d in (src_root, home, tmp, tmp_out, reports):
             d.mkdir()
         try:
-            epoch = _extract(sdist, src_root)
+            epoch = extract_sdist(sdist, src_root, limits or Limits())
             srcdir = _source_dir(src_root)
+        except ExtractionRefused as exc:
+            return result(False, (), str(exc))
         except _Rejected as exc:
             return result(False, (), str(exc))
 
@@ -205,41 +244,63 @@ def build_wheel(
             "check": False,
         }
 
-        # -I: cwd and PYTHON* variables must not change which frontend code runs.
         try:
-            probe = runner([python, "-I", "-c", _PROBE], **run_kwargs)
-            # Last line only: stderr is merged in and may carry warnings before the answer.
-            lines = (probe.stdout or "").strip().splitlines()
-            info = json.loads(lines[-1]) if probe.returncode == 0 and lines else None
-        except (OSError, subprocess.SubprocessError, ValueError) as exc:
-            return result(False, (), f"cannot run {python}: {_one_line(exc)}")
-        if not isinstance(info, dict):
-            log.append(probe.stdout or "")
-            return result(False, (), f"cannot run {python} (exit {probe.returncode})")
-        if not info.get("build"):
-            return result(False, (), f"pypa/build is not installed for {python}")
+            info = _probe(python, runner, run_kwargs, log)
+            frontend = python
+            if not info.get("build"):
+                if frontends is None:
+                    return result(False, (), f"pypa/build is not installed for {python}")
+                frontend = _frontend(python, str(info["version"]), frontends, runner, log)
+        except _Rejected as exc:
+            return result(False, (), str(exc))
         environment.update(
             {
                 "python": str(info["python"]),
                 "platform": str(info["platform"]),
-                "build": str(info["build"]),
+                "build": str(info.get("build") or _frontend_build_version()),
             }
         )
 
-        cmd = [python, "-I", "-m", "build", "--wheel", "--outdir", str(tmp_out), str(srcdir)]
-        note("running: " + " ".join(cmd))
-        try:
-            proc = runner(cmd, **run_kwargs)
-        except subprocess.TimeoutExpired as exc:
-            log.append(_as_text(exc.output))
-            return result(False, (), f"timed out after {timeout:g} s")
-        except OSError as exc:
-            return result(False, (), f"cannot run {python}: {_one_line(exc)}")
-        log.append(_as_text(proc.stdout))
-        if proc.stderr:
-            log.append(_as_text(proc.stderr))
+        note(
+            "sandbox: "
+            + (f"bubblewrap {box.version}, no network" if box.isolated else "NONE (unsafe)")
+            + f"; limits {box.limits.as_dict()}"
+        )
+        spec = {
+            "srcdir": str(srcdir),
+            "outdir": str(tmp_out),
+            "envdir": str(work / "env"),
+            "result": str(work / "result.json"),
+            "reports": str(reports),
+            "prefix": box.prefix(writable=()),
+            "readable": [str(info["base_prefix"]), str(info["prefix"])],
+            "writable": [str(work)],
+        }
+        (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+        with pids_cgroup(box.limits.processes) as cgroup:
+            note(process_limit_note(cgroup))
+            cmd = limited(
+                [frontend, "-I", str(DRIVER), str(work / "spec.json")], box.limits, cgroup
+            )
+            note(f"running pypa/build with {frontend}; each backend hook runs in the sandbox")
+            try:
+                proc = runner(cmd, **run_kwargs)
+            except subprocess.TimeoutExpired as exc:
+                log.append(_as_text(exc.output))
+                return result(False, (), f"timed out after {timeout:g} s")
+            except OSError as exc:
+                return result(False, (), f"cannot run {python}: {_one_line(exc)}")
+        output = _as_text(proc.stdout) + _as_text(proc.stderr)
+        log.append(output)
+        outcome = _driver_result(work / "result.json")
+        installed.extend(outcome.get("requirements") or ())
         if proc.returncode != 0:
-            return result(False, (), f"build failed (exit {proc.returncode})")
+            reason = f"build failed (exit {proc.returncode})"
+            if outcome.get("error"):
+                reason += f": {outcome['error']}"
+            if box.isolated and any(s in output for s in _NETWORK_ERRORS):
+                reason += ": it tried to use the network, which backend hooks do not have"
+            return result(False, (), reason)
 
         built = sorted(p for p in tmp_out.iterdir() if p.name.endswith(".whl"))
         if not built:
@@ -262,54 +323,93 @@ def build_wheel(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _extract(sdist: Path, dest: Path) -> int:
-    """Extract `sdist` into `dest` refusing anything that could land outside; return its epoch."""
-    name = sdist.name.lower()
-    if name.endswith((".tar.gz", ".tgz")):
-        return _extract_tar(sdist, dest)
-    if name.endswith(".zip"):
-        return _extract_zip(sdist, dest)
-    raise _Rejected(f"unsupported sdist format: {sdist.name}")
-
-
-def _unsafe_name(name: str) -> bool:
-    # tarfile's "data" filter strips a leading "/" instead of refusing it, and no honest sdist
-    # holds an absolute path or "..", so both are refused outright before anything is written.
-    path = PurePosixPath(name.replace("\\", "/"))
-    return path.is_absolute() or ".." in path.parts
-
-
-def _extract_tar(sdist: Path, dest: Path) -> int:
+def _probe(
+    python: str, runner: Runner, run_kwargs: Mapping[str, Any], log: list[str]
+) -> dict[str, Any]:
+    # -I: cwd and PYTHON* variables must not change which frontend code runs.
     try:
-        with tarfile.open(sdist, "r:gz") as tar:
-            members = tar.getmembers()
-            for member in members:
-                if _unsafe_name(member.name):
-                    raise _Rejected(f"unsafe path in sdist: {member.name}")
-            # The "data" filter (PEP 706) refuses links leaving dest, absolute link targets,
-            # devices and FIFOs, and drops setuid bits.
-            tar.extractall(dest, filter="data")
-    except tarfile.FilterError as exc:
-        raise _Rejected(f"unsafe path in sdist: {_one_line(exc)}") from exc
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise _Rejected(f"cannot read sdist {sdist.name}: {_one_line(exc)}") from exc
-    return int(max((m.mtime for m in members), default=0))
+        probe = runner([python, "-I", "-c", _PROBE], **run_kwargs)
+        # Last line only: stderr is merged in and may carry warnings before the answer.
+        lines = (probe.stdout or "").strip().splitlines()
+        info = json.loads(lines[-1]) if probe.returncode == 0 and lines else None
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise _Rejected(f"cannot run {python}: {_one_line(exc)}") from exc
+    if not isinstance(info, dict):
+        log.append(probe.stdout or "")
+        raise _Rejected(f"cannot run {python} (exit {probe.returncode})")
+    info.setdefault("version", "")
+    info.setdefault("prefix", "")
+    info.setdefault("base_prefix", "")
+    return info
 
 
-def _extract_zip(sdist: Path, dest: Path) -> int:
-    root = dest.resolve()
+def _frontend_build_version() -> str:
     try:
-        with zipfile.ZipFile(sdist) as zf:
-            infos = zf.infolist()
-            for info in infos:
-                target = (root / info.filename).resolve()
-                if _unsafe_name(info.filename) or not target.is_relative_to(root):
-                    raise _Rejected(f"unsafe path in sdist: {info.filename}")
-            # zipfile writes symlink entries as plain files, so no link can point outside.
-            zf.extractall(root)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise _Rejected(f"cannot read sdist {sdist.name}: {_one_line(exc)}") from exc
-    return max((calendar.timegm((*i.date_time, 0, 0, 0)) for i in infos), default=0)
+        return importlib.metadata.version("build")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _frontend(python: str, version: str, frontends: Path, runner: Runner, log: list[str]) -> str:
+    """A venv of ``python`` with pypa/build (this process's version), made once and kept.
+
+    The frontend is wheelstock's code, not the project's, so it is installed with network and
+    without the sandbox, from the configured index and from wheels only.
+    """
+    wanted = _frontend_build_version()
+    digest = hashlib.sha256(os.path.realpath(python).encode()).hexdigest()[:12]
+    venv = frontends / f"{version}-{digest}-build-{wanted}"
+    frontend = venv / "bin" / "python"
+    if frontend.exists():
+        return str(frontend)
+    log.append(f"[wheelstock] installing pypa/build {wanted} for {python} into {venv}\n")
+    partial = venv.with_name(venv.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    steps = [
+        [python, "-I", "-m", "venv", str(partial)],
+        [
+            str(partial / "bin" / "python"),
+            "-I",
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--only-binary",
+            ":all:",
+            f"build=={wanted}",
+        ],
+    ]
+    for step in steps:
+        try:
+            done = runner(
+                step,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise _Rejected(f"cannot install pypa/build for {python}: {_one_line(exc)}") from exc
+        log.append(_as_text(done.stdout))
+        if done.returncode != 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise _Rejected(f"cannot install pypa/build for {python} (exit {done.returncode})")
+    # Made beside its final name and renamed when complete, so a killed install never leaves
+    # a half venv that looks finished. Its scripts keep the old path in their shebangs, but the
+    # driver only runs bin/python, which finds its prefix from pyvenv.cfg wherever it is.
+    partial.rename(venv)
+    return str(frontend)
+
+
+def _driver_result(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _source_dir(src_root: Path) -> Path:
@@ -408,3 +508,210 @@ def _as_text(output: str | bytes | None) -> str:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+Sandboxed = Callable[[Sequence[str], Path, Mapping[str, str]], subprocess.CompletedProcess[str]]
+
+
+def sandboxed_runner(
+    box: Sandbox,
+    *,
+    writable: Sequence[Path],
+    readable: Sequence[str] = (),
+    timeout: float = 900.0,
+    runner: Runner = run_in_own_session,
+) -> Sandboxed:
+    """Runs a command that touches project code inside ``box``, under its limits."""
+
+    def run(
+        argv: Sequence[str], cwd: Path, env: Mapping[str, str]
+    ) -> subprocess.CompletedProcess[str]:
+        # This interpreter too, since auditwheel and the launcher run from it.
+        needed = [p for p in (sys.base_prefix, sys.prefix, *readable) if p and Path(p).exists()]
+        wrapped = list(argv)
+        if box.isolated:
+            prefix = box.prefix(writable=[str(w) for w in writable], readable=needed)
+            wrapped = [*prefix, "--chdir", str(cwd), "--", *argv]
+        with pids_cgroup(box.limits.processes) as cgroup:
+            return runner(
+                limited(wrapped, box.limits, cgroup),
+                cwd=str(cwd),
+                env=dict(env),
+                timeout=timeout,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                check=False,
+            )
+
+    return run
+
+
+@dataclass(frozen=True)
+class ReleaseBuild:
+    """A release built for each target Python: checked wheels, or why there are none."""
+
+    ok: bool
+    wheels: tuple[Path, ...]
+    log: str
+    reason: str | None
+    results: tuple[BuildResult, ...]
+    pythons: tuple[str, ...]  # the versions it was built for
+    missing: Mapping[str, str]  # versions asked for that this machine lacks, and why
+    reproducible: Mapping[str, Any] | None
+    started: datetime
+    finished: datetime
+    policies: Mapping[str, str | None] = field(default_factory=dict)
+
+
+def build_release(
+    sdist: Path,
+    out_dir: Path,
+    *,
+    project: str,
+    version: str,
+    pythons: Sequence[Interpreter],
+    missing: Mapping[str, str] | None = None,
+    sandbox: Sandbox,
+    import_check: bool = True,
+    reproducible: bool = False,
+    runner: Runner = run_in_own_session,
+    timeout: float = 900.0,
+    environ: Mapping[str, str] | None = None,
+    temp_root: Path | None = None,
+    limits: Limits | None = None,
+    frontends: Path | None = None,
+) -> ReleaseBuild:
+    """Build, repair and import-check ``sdist`` for each Python; a pure project builds once.
+
+    With ``reproducible`` every build is made twice in fresh sandboxes (same SOURCE_DATE_EPOCH)
+    and the wheels compared byte for byte. Wheels reach ``out_dir`` only if every step passed.
+    """
+    started = datetime.now(UTC)
+    log: list[str] = []
+    results: list[BuildResult] = []
+    accepted: list[Path] = []
+    built_for: list[str] = []
+    policies: dict[str, str | None] = {}
+    comparisons: dict[str, list[str]] = {}
+    source_env = os.environ if environ is None else environ
+
+    def done(ok: bool, reason: str | None) -> ReleaseBuild:
+        if reason is not None:
+            log.append(f"[wheelstock] not ok: {reason}\n")
+        if not ok:
+            for wheel in accepted:
+                wheel.unlink(missing_ok=True)
+        summary = None
+        if reproducible:
+            summary = {
+                "identical": not any(comparisons.values()),
+                "differences": {k: v for k, v in comparisons.items() if v},
+                "compared": sorted(comparisons),
+            }
+        return ReleaseBuild(
+            ok,
+            tuple(accepted) if ok else (),
+            "".join(log),
+            reason,
+            tuple(results),
+            tuple(built_for),
+            dict(missing or {}),
+            summary,
+            started,
+            datetime.now(UTC),
+            policies,
+        )
+
+    for version_missing, why in (missing or {}).items():
+        log.append(f"[wheelstock] Python {version_missing} is not available here: {why}\n")
+    if not pythons:
+        return done(False, "none of the Pythons to build for is available on this machine")
+    build_args: dict[str, Any] = {
+        "project": project,
+        "version": version,
+        "runner": runner,
+        "timeout": timeout,
+        "environ": environ,
+        "temp_root": temp_root,
+        "sandbox": sandbox,
+        "limits": limits,
+        "frontends": frontends,
+    }
+    for interpreter in pythons:
+        stage = Path(tempfile.mkdtemp(prefix="wheelstock-release-", dir=temp_root)).resolve()
+        try:
+            log.append(f"[wheelstock] --- Python {interpreter.version} ({interpreter.path})\n")
+            first = build_wheel(sdist, stage / "built", python=interpreter.path, **build_args)
+            results.append(first)
+            log.append(first.log)
+            if not first.ok:
+                return done(False, f"Python {interpreter.version}: {first.reason}")
+            if reproducible:
+                log.append("[wheelstock] building again in a fresh sandbox to compare\n")
+                again = build_wheel(sdist, stage / "again", python=interpreter.path, **build_args)
+                log.append(again.log)
+                if not again.ok:
+                    return done(
+                        False, f"Python {interpreter.version}, second build: {again.reason}"
+                    )
+                theirs = {w.name: w for w in again.wheels}
+                for wheel in first.wheels:
+                    other = theirs.get(wheel.name)
+                    comparisons[wheel.name] = (
+                        differing_members(wheel, other) if other else ["<wheel missing>"]
+                    )
+                    verdict = (
+                        "identical"
+                        if not comparisons[wheel.name]
+                        else ("differs: " + ", ".join(comparisons[wheel.name][:10]))
+                    )
+                    log.append(f"[wheelstock] reproducible check of {wheel.name}: {verdict}\n")
+            env = _scrubbed_env(
+                source_env, home=_fresh(stage / "home"), tmp=_fresh(stage / "tmp"), epoch=0
+            )
+            run = sandboxed_runner(sandbox, writable=[stage], timeout=timeout, runner=runner)
+            for wheel in first.wheels:
+                checked = repair(wheel, _fresh(stage / "repaired"), run=run, env=env)
+                log.append(checked.log)
+                if not checked.ok or checked.wheel is None:
+                    return done(False, checked.reason or f"cannot repair {wheel.name}")
+                final = checked.wheel
+                policies[final.name] = checked.policy
+                if import_check:
+                    base = str(Path(interpreter.path).resolve().parent.parent)
+                    check_run = sandboxed_runner(
+                        sandbox, writable=[stage], readable=[base], timeout=timeout, runner=runner
+                    )
+                    imported = import_check_wheel(
+                        final,
+                        interpreter.path,
+                        _fresh(stage / "venv"),
+                        run=check_run,
+                        env=env,
+                        install_env=env,
+                        # One base venv per interpreter, copied per check (outside the sandbox).
+                        venv_cache=None if frontends is None else frontends / "import-check",
+                    )
+                    log.append(imported.log)
+                    if not imported.ok:
+                        return done(False, imported.reason or f"import check of {final.name}")
+                else:
+                    log.append("[wheelstock] import check off for this project\n")
+                out_dir.mkdir(parents=True, exist_ok=True)
+                target = out_dir / final.name
+                shutil.move(final, target)
+                accepted.append(target)
+            built_for.append(interpreter.version)
+            if all(is_pure(w) for w in first.wheels):
+                log.append("[wheelstock] pure wheel: one build serves every Python\n")
+                break
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return done(True, None)
+
+
+def _fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bot import __version__
-from bot.builder import BuildResult, build_wheel, run_in_own_session
+from bot.builder import DRIVER, BuildResult, build_wheel, run_in_own_session
 from bot.errors import BuildError
 
 SDIST_MTIME = 1_700_000_000
@@ -113,6 +113,11 @@ def tar_sdist(path: Path, files: Mapping[str, str], top: str = "demo-1.0") -> Pa
     return write_tar(path, [file_member(f"{top}/{name}", text) for name, text in files.items()])
 
 
+def is_build(cmd: list[str]) -> bool:
+    """Whether a runner call starts the build frontend (the driver, under the launcher)."""
+    return str(DRIVER) in cmd
+
+
 class Recorder:
     """A runner that records each call; the probe runs for real, the build answers `build`."""
 
@@ -122,7 +127,7 @@ class Recorder:
 
     def __call__(self, cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         self.calls.append((list(cmd), kwargs))
-        if "build" not in cmd:
+        if not is_build(cmd):
             return subprocess.run(cmd, **kwargs)
         if isinstance(self.build, BaseException):
             raise self.build
@@ -133,7 +138,7 @@ class Recorder:
 
     @property
     def build_calls(self) -> list[tuple[list[str], dict[str, Any]]]:
-        return [call for call in self.calls if "build" in call[0]]
+        return [call for call in self.calls if is_build(call[0])]
 
 
 @pytest.fixture
