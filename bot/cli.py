@@ -7,12 +7,17 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from bot import __version__, feedstock, gate, index, registry, serve, tick
 from bot import graph as graphs
-from bot.builder import run_in_own_session
+from bot.build.extract import Limits
+from bot.build.sandbox import ResourceLimits
+from bot.build.targets import parse_python_option
 from bot.context import MAX_NEW_PRS, MAX_OPEN_PRS, Bot, Summary
 from bot.errors import BuildError, ProjectNotFound, UpstreamError, WheelstockError
 from bot.forge.local import LocalForge
@@ -70,17 +75,101 @@ def _number(
 _port = _number(int, 0, 65535, "a port number (0-65535)")
 _count = _number(int, 0, 10**9, "a count (0 or more)")
 _hours = _number(float, 0, 24 * 365 * 10, "a number of hours")
+_seconds = _number(float, 1, 7 * 24 * 3600, "a number of seconds (1 or more)")
+_mib = _number(int, 1, 1 << 30, "a size in MiB (1 or more)")
+
+
+def _mebibytes(text: str) -> int:
+    return int(_mib(text)) << 20
+
+
+def _building() -> argparse.ArgumentParser:
+    """Options of the commands that build: the sandbox, its limits, Pythons, reproducibility."""
+    opts = argparse.ArgumentParser(add_help=False)
+    opts.add_argument(
+        "--unsafe-no-sandbox",
+        action="store_true",
+        help="build without bubblewrap where it cannot run: project code then has this "
+        "machine's network and files (resource limits still apply)",
+    )
+    opts.add_argument(
+        "--python",
+        dest="pythons",
+        action="append",
+        type=_python_option,
+        default=[],
+        metavar="X.Y=PATH",
+        help="the interpreter for Python X.Y (default: python3.X on PATH); repeatable",
+    )
+    opts.add_argument(
+        "--verify-reproducible",
+        action="store_true",
+        help="build each wheel twice in fresh sandboxes and compare them byte for byte",
+    )
+    opts.add_argument(
+        "--build-timeout",
+        type=_seconds,
+        default=900.0,
+        metavar="S",
+        help="wall time of one build (default: 900)",
+    )
+    opts.add_argument(
+        "--build-memory",
+        type=_mebibytes,
+        default=ResourceLimits.memory_bytes,
+        metavar="MiB",
+        help=f"address space per build process (default: {ResourceLimits.memory_bytes >> 20})",
+    )
+    opts.add_argument(
+        "--build-processes",
+        type=_count,
+        default=ResourceLimits.processes,
+        metavar="N",
+        help=f"processes per build (default: {ResourceLimits.processes})",
+    )
+    opts.add_argument(
+        "--build-cpu",
+        type=_count,
+        default=ResourceLimits.cpu_seconds,
+        metavar="S",
+        help=f"CPU seconds per build process (default: {ResourceLimits.cpu_seconds})",
+    )
+    opts.add_argument(
+        "--max-sdist-bytes",
+        type=_mebibytes,
+        default=Limits.max_bytes,
+        metavar="MiB",
+        help=f"largest unpacked sdist (default: {Limits.max_bytes >> 20})",
+    )
+    opts.add_argument(
+        "--max-sdist-members",
+        type=_count,
+        default=Limits.max_members,
+        metavar="N",
+        help=f"most files in an sdist (default: {Limits.max_members})",
+    )
+    return opts
+
+
+def _python_option(text: str) -> tuple[str, str]:
+    try:
+        return parse_python_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
+    building = _building()
     parser = argparse.ArgumentParser(
         prog="wheelstock", description="Wheels for projects that publish none."
     )
     parser.add_argument("--version", action="version", version=f"wheelstock {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    tick_cmd = commands.add_parser("tick", parents=[common], help="run one whole cycle of the bot")
+    tick_cmd = commands.add_parser(
+        "tick", parents=[common, building], help="run one whole cycle of the bot"
+    )
     tick_cmd.add_argument(
         "--max-new-prs",
         type=_count,
@@ -151,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--as", dest="handle", default="reviewer", help="who does it")
 
     build = commands.add_parser(
-        "build", parents=[common], help="build merged feedstock heads that have no build yet"
+        "build",
+        parents=[common, building],
+        help="build merged feedstock heads that have no build yet",
     )
     build.add_argument(
         "--feedstock",
@@ -221,6 +312,20 @@ def _bot(args: argparse.Namespace, state: State) -> Bot:
         max_new_prs=getattr(args, "max_new_prs", MAX_NEW_PRS),
         max_open_prs=getattr(args, "max_open_prs", MAX_OPEN_PRS),
         min_release_age=getattr(args, "min_release_age", None),
+        unsafe_no_sandbox=getattr(args, "unsafe_no_sandbox", False),
+        pythons=dict(getattr(args, "pythons", [])),
+        verify_reproducible=getattr(args, "verify_reproducible", False),
+        build_timeout=getattr(args, "build_timeout", 900.0),
+        resource_limits=ResourceLimits(
+            cpu_seconds=getattr(args, "build_cpu", ResourceLimits.cpu_seconds),
+            memory_bytes=getattr(args, "build_memory", ResourceLimits.memory_bytes),
+            processes=getattr(args, "build_processes", ResourceLimits.processes),
+        ),
+        extract_limits=replace(
+            Limits(),
+            max_bytes=getattr(args, "max_sdist_bytes", Limits.max_bytes),
+            max_members=getattr(args, "max_sdist_members", Limits.max_members),
+        ),
     )
 
 
@@ -240,10 +345,20 @@ def build_checkout(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise WheelstockError(f"{path}: cannot read: {exc.strerror}") from exc
     fs = feedstock.parse(text, str(path))
-    with tempfile.TemporaryDirectory(prefix="wheelstock-sdist-") as downloads:
-        result = tick.fetch_and_build(
-            _upstream(args), fs, Path(downloads), args.out, run_in_own_session
-        )
+    reg = registry.load_directory(args.registry) if args.registry.is_dir() else None
+    entry = None
+    if reg is not None and canonicalize_name(fs.project) in reg.claimed:
+        entry = reg.get(fs.project)
+    with tempfile.TemporaryDirectory(prefix="wheelstock-build-") as scratch:
+        # The state of a checkout build is thrown away: only the wheels in --out remain.
+        state = State(Path(scratch) / "state")
+        try:
+            bot = _bot(args, state)
+            result = tick.fetch_and_build(
+                bot, fs, Path(scratch) / "downloads", args.out.resolve(), entry
+            )
+        finally:
+            state.close()
     print(result.log, end="")
     if not result.ok:
         raise BuildError(f"build of {fs.project} {fs.version} failed: {result.reason}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bot.build.extract import Limits
+from bot.build.sandbox import ResourceLimits, Sandbox
 from bot.builder import Runner, run_in_own_session
 from bot.forge import Forge
 from bot.state import State
@@ -39,6 +41,15 @@ class Bot:
     # Worker processes for watching upstream (None: one per CPU); small watches stay in-process
     # on ``upstream``'s client.
     watch_processes: int | None = None
+    # Builds: the sandbox (found by the tick's first build unless given), whether the operator
+    # allowed builds without one, Pythons configured beyond PATH ("3.12" -> path), the limits.
+    sandbox: Sandbox | None = None
+    unsafe_no_sandbox: bool = False
+    pythons: Mapping[str, str] = field(default_factory=dict)
+    build_timeout: float = 900.0
+    resource_limits: ResourceLimits = field(default_factory=ResourceLimits)
+    extract_limits: Limits = field(default_factory=Limits)
+    verify_reproducible: bool = False
 
 
 @dataclass

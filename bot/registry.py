@@ -56,7 +56,10 @@ CODES = {
 # key -> (expected type, required); nested tables list their own keys.
 TOP_KEYS = ("project", "maintainers", "consent", "build", "versions", "skip")
 REQUIRED = ("project", "maintainers", "consent")
-TABLE_KEYS = {"build": ("pythons", "platforms"), "versions": ("ignore", "prereleases")}
+TABLE_KEYS = {
+    "build": ("pythons", "platforms", "import-check", "verify-reproducible"),
+    "versions": ("ignore", "prereleases"),
+}
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,10 @@ class Entry:
     ignore: tuple[str, ...] = ()
     prereleases: bool = False
     skip: str | None = None
+    # Import the built wheel in a fresh venv before staging (off for projects that need a
+    # display or hardware to import), and build twice to compare the wheels byte for byte.
+    import_check: bool = True
+    verify_reproducible: bool = False
 
     @property
     def name(self) -> str:
@@ -273,6 +280,16 @@ def _check_build(check: _Checker, table: CommentedMap) -> tuple[tuple[str, ...],
     return tuple(pythons), tuple(platforms)
 
 
+def _flag(check: _Checker, table: CommentedMap | None, key: str, where: str, default: bool) -> bool:
+    if table is None or key not in table:
+        return default
+    value = table[key]
+    if not isinstance(value, bool):
+        check.add(table, key, "WS112", f"{where} must be true or false, not {_type_name(value)}")
+        return default
+    return value
+
+
 def _check_versions(check: _Checker, table: CommentedMap) -> tuple[tuple[str, ...], bool]:
     ignore: list[str] = []
     if "ignore" in table:
@@ -345,6 +362,11 @@ def _check_document(doc: Any, path: Path) -> tuple[Entry | None, list[Problem]]:
         else:
             check.add(doc, key, "WS112", f"{key} must be a mapping, not {_type_name(doc[key])}")
     pythons, platforms = _check_build(check, tables["build"]) if "build" in tables else ((), ())
+    build_table = tables.get("build")
+    import_check = _flag(check, build_table, "import-check", "build.import-check", True)
+    reproducible = _flag(
+        check, build_table, "verify-reproducible", "build.verify-reproducible", False
+    )
     ignore, prereleases = (
         _check_versions(check, tables["versions"]) if "versions" in tables else ((), False)
     )
@@ -367,6 +389,8 @@ def _check_document(doc: Any, path: Path) -> tuple[Entry | None, list[Problem]]:
         ignore=ignore,
         prereleases=prereleases,
         skip=skip,
+        import_check=import_check,
+        verify_reproducible=reproducible,
     )
     return entry, []
 

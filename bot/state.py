@@ -35,6 +35,15 @@ CREATE TABLE IF NOT EXISTS builds (
     created_at TEXT NOT NULL,
     UNIQUE (project, commit_sha)
 );
+CREATE TABLE IF NOT EXISTS failed_sdists (
+    sha256 TEXT NOT NULL,          -- the sdist that failed to build
+    builder TEXT NOT NULL,         -- "wheelstock <version>": a new builder tries again
+    project TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,      -- the head whose build failed first
+    reason TEXT NOT NULL,
+    failed_at TEXT NOT NULL,
+    PRIMARY KEY (sha256, builder)
+);
 CREATE TABLE IF NOT EXISTS retired (
     project TEXT PRIMARY KEY,      -- a feedstock whose registry entry was removed
     retired_at TEXT NOT NULL
@@ -341,6 +350,29 @@ class State:
                 "DO UPDATE SET last_id = MAX(last_id, excluded.last_id)",
                 (number, comment_id),
             )
+
+    # -- sdists that failed ------------------------------------------------------------------
+    def failed_sdist(self, sha256: str, builder: str) -> tuple[str, str] | None:
+        """(commit, reason) of the first failed build of this sdist by this builder."""
+        row = self.db.execute(
+            "SELECT commit_sha, reason FROM failed_sdists WHERE sha256 = ? AND builder = ?",
+            (sha256, builder),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def record_failed_sdist(
+        self, sha256: str, builder: str, project: str, commit: str, reason: str
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO failed_sdists (sha256, builder, project, commit_sha, "
+                "reason, failed_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (sha256, builder, project, commit, reason, now()),
+            )
+
+    def forget_failed_sdist(self, sha256: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM failed_sdists WHERE sha256 = ?", (sha256,))
 
     def forget_build(self, build: Build) -> None:
         """Drop a failed build's record so its commit is built again (``@wheelstock rebuild``)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import platform
 import shutil
 import sys
@@ -9,12 +11,16 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from packaging.utils import canonicalize_name
-from packaging.version import Version
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
 
 from bot import __version__, feedstock, gate, propose, registry
-from bot.builder import BuildResult, Runner, build_wheel
+from bot.build.provenance import BuilderInfo, Requirement, statement
+from bot.build.sandbox import Sandbox, SandboxUnavailable, find_sandbox
+from bot.build.targets import find_pythons, host_interpreter, upstream_coverage
+from bot.builder import BUILDER, ReleaseBuild, build_release
 from bot.context import Bot, Summary
 from bot.errors import ProjectNotFound, SourceRefused, UpstreamError, WheelstockError
 from bot.feedstock import FEEDSTOCK_FILE, Feedstock, Source
@@ -217,16 +223,16 @@ def propose_bump(
     )
 
 
-def fetch_and_build(
-    upstream: Upstream, fs: Feedstock, downloads: Path, out: Path, runner: Runner
-) -> BuildResult:
-    """Download the feedstock's sdist, verify its sha256 before anything reads it, build it.
+def fetch_sdist(
+    upstream: Upstream, fs: Feedstock, downloads: Path, page: ProjectPage | None = None
+) -> Path:
+    """Download the feedstock's sdist, verifying its sha256 before anything reads it.
 
     The sdist must be one upstream publishes, with the hash upstream gives: a merged
     feedstock.yaml cannot point the builder at other bytes (DESIGN, trust rules). Raises
     SourceRefused (HashMismatch for other bytes) and keeps nothing then.
     """
-    page = upstream.project(fs.project)
+    page = page or upstream.project(fs.project)
     served = next((f for f in page.files if f.filename == fs.source.filename), None)
     if served is None:
         raise SourceRefused(f"upstream does not serve {fs.source.filename}")
@@ -239,7 +245,119 @@ def fetch_and_build(
     downloads.mkdir(parents=True, exist_ok=True)
     if not (sdist.is_file() and sha256_file(sdist) == fs.source.sha256):
         upstream.download(served.url, sdist, fs.source.sha256)
-    return build_wheel(sdist, out, project=fs.project, version=fs.version, runner=runner)
+    return sdist
+
+
+def wanted_pythons(entry: Entry | None) -> tuple[str, ...]:
+    """The Python versions a project builds for: its build.pythons, else this builder's own."""
+    if entry is not None and entry.pythons:
+        return entry.pythons
+    return (host_interpreter().version,)
+
+
+def upstream_wheels(page: ProjectPage, version: str) -> list[str]:
+    """Filenames of the wheels upstream serves for ``version`` and has not yanked."""
+    wanted = Version(version)
+    names = []
+    for dist in page.files:
+        if not dist.filename.endswith(".whl") or dist.yanked:
+            continue
+        try:
+            if parse_wheel_filename(dist.filename)[1] == wanted:
+                names.append(dist.filename)
+        except (InvalidWheelFilename, InvalidVersion):
+            continue
+    return names
+
+
+def fetch_and_build(
+    bot: Bot,
+    fs: Feedstock,
+    downloads: Path,
+    out: Path,
+    entry: Entry | None = None,
+    *,
+    page: ProjectPage | None = None,
+) -> ReleaseBuild:
+    """Fetch the verified sdist and build it for each wanted Python this machine has."""
+    sandbox = ensure_sandbox(bot)
+    sdist = fetch_sdist(bot.upstream, fs, downloads, page)
+    host = host_interpreter()
+    found, missing = find_pythons(wanted_pythons(entry), {host.version: host.path, **bot.pythons})
+    return build_release(
+        sdist,
+        out,
+        project=fs.project,
+        version=fs.version,
+        pythons=list(found.values()),
+        missing=missing,
+        sandbox=sandbox,
+        import_check=entry.import_check if entry is not None else True,
+        reproducible=bot.verify_reproducible or bool(entry and entry.verify_reproducible),
+        runner=bot.runner,
+        timeout=bot.build_timeout,
+        limits=bot.extract_limits,
+        frontends=bot.state.root / "frontends",
+    )
+
+
+def ensure_sandbox(bot: Bot) -> Sandbox:
+    """The tick's sandbox, found once; SandboxUnavailable says in one line what is missing."""
+    if bot.sandbox is None:
+        bot.sandbox = find_sandbox(
+            unsafe=bot.unsafe_no_sandbox,
+            limits=bot.resource_limits,
+            # Never visible to a build: what the bot remembers and the operator's home.
+            hidden=[bot.state.root, Path.home()],
+        )
+        if not bot.sandbox.isolated:
+            bot.echo("warning: --unsafe-no-sandbox: project code runs with this machine's network")
+    return bot.sandbox
+
+
+def provenance_of(
+    entry: Entry, fs: Feedstock, commit: str, result: ReleaseBuild, sandbox: Sandbox
+) -> dict[str, Any]:
+    """The build's SLSA provenance statement, with the wheels as they were staged."""
+    environment = result.results[0].environment if result.results else {}
+    requirements = {}
+    for built in result.results:
+        for req in built.requirements:
+            if req.get("name") and req.get("version"):
+                key = (str(req["name"]), str(req["version"]))
+                requirements[key] = Requirement(key[0], key[1], req.get("sha256"))
+    info = BuilderInfo(
+        wheelstock=__version__,
+        python=str(environment.get("python", platform.python_version())),
+        platform=str(environment.get("platform", platform.platform())),
+        bwrap=sandbox.version,
+        auditwheel=_version_of("auditwheel"),
+        build=str(environment.get("build")) if environment.get("build") else None,
+    )
+    return statement(
+        wheels=[(w.name, sha256_file(w)) for w in result.wheels],
+        project=entry.name,
+        version=fs.version,
+        sdist_filename=fs.source.filename,
+        sdist_url=fs.source.url,
+        sdist_sha256=fs.source.sha256,
+        feedstock_repo=f"{entry.name}-feedstock",
+        feedstock_commit=commit,
+        builder=info,
+        python=", ".join(result.pythons),
+        requirements=list(requirements.values()),
+        started=result.started,
+        finished=result.finished,
+        sandbox={**sandbox.describe(), "missing_pythons": dict(result.missing)},
+        reproducible=result.reproducible,
+    )
+
+
+def _version_of(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def build_head(bot: Bot, entry: Entry, commit: str, summary: Summary) -> None:
@@ -263,9 +381,11 @@ def build_head(bot: Bot, entry: Entry, commit: str, summary: Summary) -> None:
             reason=reason,
         )
 
-    def fail(reason: str, log: str = "") -> None:
+    def fail(reason: str, log: str = "", *, remember: bool = False) -> None:
         log_path.write_text(f"{log}\nwheelstock: build refused or failed: {reason}\n", "utf-8")
         record("failed", reason)
+        if remember:
+            state.record_failed_sdist(fs.source.sha256, BUILDER, entry.name, commit, reason)
         summary.failed += 1
         bot.echo(f"build of {entry.name} {fs.version} failed: {reason} (log: {log_path})")
 
@@ -281,26 +401,46 @@ def build_head(bot: Bot, entry: Entry, commit: str, summary: Summary) -> None:
         record("skipped", f"{fs.version} is already published")
         bot.echo(f"{entry.name} {fs.version} is already published; {commit[:12]} not rebuilt")
         return None
+    # The same sdist fails the same way with the same builder: a rerender or a README edit
+    # does not buy another try; `@wheelstock rebuild` or a new wheelstock version does.
+    prior = state.failed_sdist(fs.source.sha256, BUILDER)
+    if prior is not None:
+        first, why = prior
+        reason = (
+            f"{fs.source.filename} already failed with {BUILDER} at {first[:12]} ({why}); "
+            "not rebuilt until `@wheelstock rebuild` or a new wheelstock"
+        )
+        log_path.write_text(f"wheelstock: not built: {reason}\n", "utf-8")
+        record("failed", reason)
+        bot.echo(f"{entry.name} {fs.version}: {reason}")
+        return None
+
+    try:
+        page = bot.upstream.project(fs.project)
+    except UpstreamError as exc:
+        raise UpstreamError(f"cannot read upstream's page of {fs.project}: {exc}") from exc
+    # piwheels' rule: what upstream already serves for every target is not built again.
+    coverage = upstream_coverage(
+        upstream_wheels(page, fs.version), wanted_pythons(entry), entry.platforms
+    )
+    if coverage.covered:
+        reason = f"not built: {coverage.reason}"
+        record("skipped", reason)
+        bot.echo(f"{entry.name} {fs.version}: {reason}")
+        return None
 
     bot.echo(f"building {entry.name} {fs.version} from {fs.source.filename} ...")
     try:
         result = fetch_and_build(
-            bot.upstream, fs, state.downloads_dir / entry.name, build_dir / "wheels", bot.runner
+            bot, fs, state.downloads_dir / entry.name, build_dir / "wheels", entry, page=page
         )
     except SourceRefused as exc:
         return fail(str(exc))
+    for version, why in result.missing.items():
+        bot.echo(f"{entry.name}: Python {version} is not available here ({why}); not built for it")
     if not result.ok:
-        return fail(result.reason or "build failed", result.log)
+        return fail(result.reason or "build failed", result.log, remember=True)
     log_path.write_text(result.log, "utf-8")
-    provenance = {
-        "project": entry.name,
-        "version": fs.version,
-        "sdist": {"filename": fs.source.filename, "url": fs.source.url, "sha256": fs.source.sha256},
-        "feedstock": {"repository": f"{entry.name}-feedstock", "commit": commit},
-        "builder": f"wheelstock {__version__}",
-        "environment": {**result.environment, "machine": platform.machine()},
-        "built_at": now(),
-    }
     build = gate.stage(
         state,
         project=entry.name,
@@ -308,12 +448,20 @@ def build_head(bot: Bot, entry: Entry, commit: str, summary: Summary) -> None:
         commit=commit,
         build_dir=build_dir,
         wheels=result.wheels,
-        provenance=provenance,
+        provenance=provenance_of(entry, fs, commit, result, ensure_sandbox(bot)),
     )
     summary.built += 1
     names = ", ".join(Path(w).name for w in build.wheels)
+    verdict = ""
+    if result.reproducible is not None:
+        verdict = (
+            "; reproducible: identical"
+            if result.reproducible["identical"]
+            else "; reproducible: NO, differs in "
+            + ", ".join(m for ms in result.reproducible["differences"].values() for m in ms[:5])
+        )
     bot.echo(
-        f"built {entry.name} {fs.version}: {names} staged; a maintainer approves with "
+        f"built {entry.name} {fs.version}: {names} staged{verdict}; a maintainer approves with "
         f"`wheelstock review approve {entry.name} {fs.version} --as HANDLE`"
     )
 
@@ -393,6 +541,14 @@ def build_heads(bot: Bot, entries: tuple[Entry, ...], summary: Summary) -> None:
         head = bot.forge.head(entry.name)
         if bot.state.build_for(entry.name, head) is None:
             pending.append((entry, head))
+    if not pending:
+        return
+    try:
+        ensure_sandbox(bot)
+    except SandboxUnavailable as exc:
+        # Said once for the tick, not per project; the heads stay unbuilt for a later tick.
+        summary.error(bot, "build", f"{exc} ({len(pending)} builds waiting)")
+        return
     for entry, head in in_build_order(bot, pending):
         try:
             build_head(bot, entry, head, summary)
@@ -489,6 +645,9 @@ def rebuild(bot: Bot, entry: Entry) -> str:
         except OSError as exc:
             raise WheelstockError(f"cannot keep the failed build's log: {exc.strerror}") from exc
     bot.state.forget_build(build)
+    with contextlib.suppress(WheelstockError):
+        text = bot.forge.read_file(entry.name, FEEDSTOCK_FILE, head)
+        bot.state.forget_failed_sdist(feedstock.parse(text, FEEDSTOCK_FILE).source.sha256)
     where = f"; the failed attempt's log is in {kept}" if kept else ""
     return f"rebuilding {build.version} from main ({head[:12]}) at the next build{where}."
 
@@ -661,7 +820,7 @@ def status(state: State, forge: Forge, registry_dir: Path) -> list[ProjectStatus
                 f"backing off after {attempt.failures} failed attempts: {attempt.reason}; "
                 f"next attempt after {iso(attempt.next_attempt)}"
             )
-        if last is not None and note is None and last.status in ("failed", "refused"):
+        if last is not None and note is None and last.status in ("failed", "refused", "skipped"):
             note = last.reason
         rows.append(
             ProjectStatus(
