@@ -17,11 +17,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pyproject_hooks
-from build.env import DefaultIsolatedEnv
-
 import build
+import pyproject_hooks
 from build import BuildBackendException, BuildException, ProjectBuilder
+from build.env import DefaultIsolatedEnv
 
 
 def _existing(paths: Sequence[str]) -> list[str]:
