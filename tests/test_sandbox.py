@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import socket
@@ -20,6 +21,7 @@ import pytest
 from test_builder import IN_TREE_PYPROJECT, file_member, write_tar
 
 from bot.build.sandbox import (
+    HIDDEN_DIRS,
     ResourceLimits,
     Sandbox,
     SandboxUnavailable,
@@ -128,11 +130,17 @@ def _hostile_sdist(tmp_path: Path, setup_py: str) -> Path:
 
 @pytest.fixture
 def visible_dir() -> Iterator[Path]:
-    """A directory the sandbox's read-only view of the host would show (unlike /tmp)."""
-    path = ROOT / f".sandbox-test-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    yield path
-    shutil.rmtree(path)
+    """A directory the sandbox's read-only view of the host shows (unlike /tmp or /root)."""
+    covered = ("/tmp", *HIDDEN_DIRS)
+    for parent in (ROOT, Path("/var/cache"), Path("/opt")):
+        if any(parent.is_relative_to(c) for c in covered) or not os.access(parent, os.W_OK):
+            continue
+        path = parent / f".wheelstock-sandbox-test-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+        yield path
+        shutil.rmtree(path)
+        return
+    pytest.skip("no writable directory that the sandbox would show")
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ INSTALL_HINT = (
 # Paths no build needs and that hold what a hostile build would want: other users' secrets,
 # the sockets of the host's services (a network namespace does not cut Unix sockets), and
 # scratch space shared with other processes.
-_HIDDEN_DIRS = ("/root", "/home", "/run", "/var/run", "/var/tmp", "/var/lib", "/srv", "/mnt")
+HIDDEN_DIRS = ("/root", "/home", "/run", "/var/run", "/var/tmp", "/var/lib", "/srv", "/mnt")
 _HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers")
 
 
@@ -67,7 +67,7 @@ class Sandbox:
             return []
         args = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
         args += ["--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
-        for hidden in (*_HIDDEN_DIRS, *self.hidden):
+        for hidden in (*HIDDEN_DIRS, *self.hidden):
             if Path(hidden).is_dir() and not Path(hidden).is_symlink():
                 args += ["--tmpfs", hidden]
         for hidden in _HIDDEN_FILES:
