@@ -219,11 +219,17 @@ def build_wheel(
     try:
         note(f"{BUILDER}: building {wanted_name} {wanted_version} from {sdist.name}")
         # Sources go one level down so that nothing the sdist names sits in the build's cwd.
-        src_root, home, tmp, tmp_out, reports = (
-            work / d for d in ("src", "home", "tmp", "out", "reports")
+        # What hooks may write (src, out, tmp, home) is apart from what the trusted frontend
+        # keeps (its spec, result and install reports in control/, the isolated env): a hook
+        # that could rewrite the env's interpreter or the result would run code, or lie,
+        # outside the sandbox.
+        src_root, home, tmp, tmp_out, control = (
+            work / d for d in ("src", "home", "tmp", "out", "control")
         )
-        for d in (src_root, home, tmp, tmp_out, reports):
+        for d in (src_root, home, tmp, tmp_out, control):
             d.mkdir()
+        reports = control / "reports"
+        reports.mkdir()
         try:
             epoch = extract_sdist(sdist, src_root, limits or Limits())
             srcdir = _source_dir(src_root)
@@ -270,17 +276,17 @@ def build_wheel(
             "srcdir": str(srcdir),
             "outdir": str(tmp_out),
             "envdir": str(work / "env"),
-            "result": str(work / "result.json"),
+            "result": str(control / "result.json"),
             "reports": str(reports),
             "prefix": box.prefix(writable=()),
-            "readable": [str(info["base_prefix"]), str(info["prefix"])],
-            "writable": [str(work)],
+            "readable": [str(info["base_prefix"]), str(info["prefix"]), str(work / "env")],
+            "writable": [str(src_root), str(tmp_out), str(tmp), str(home)],
         }
-        (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+        (control / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         with pids_cgroup(box.limits.processes) as cgroup:
             note(process_limit_note(cgroup))
             cmd = limited(
-                [frontend, "-I", str(DRIVER), str(work / "spec.json")], box.limits, cgroup
+                [frontend, "-I", str(DRIVER), str(control / "spec.json")], box.limits, cgroup
             )
             note(f"running pypa/build with {frontend}; each backend hook runs in the sandbox")
             try:
@@ -292,7 +298,7 @@ def build_wheel(
                 return result(False, (), f"cannot run {python}: {_one_line(exc)}")
         output = _as_text(proc.stdout) + _as_text(proc.stderr)
         log.append(output)
-        outcome = _driver_result(work / "result.json")
+        outcome = _driver_result(control / "result.json")
         installed.extend(outcome.get("requirements") or ())
         if proc.returncode != 0:
             reason = f"build failed (exit {proc.returncode})"
@@ -302,7 +308,12 @@ def build_wheel(
                 reason += ": it tried to use the network, which backend hooks do not have"
             return result(False, (), reason)
 
-        built = sorted(p for p in tmp_out.iterdir() if p.name.endswith(".whl"))
+        produced = sorted(tmp_out.iterdir())
+        # A link here could make the host read, hash and publish one of its own files.
+        odd = [p.name for p in produced if p.is_symlink() or not p.is_file()]
+        if odd:
+            return result(False, (), f"build left other than plain files: {', '.join(odd)}")
+        built = [p for p in produced if p.name.endswith(".whl")]
         if not built:
             return result(False, (), "build produced no wheel")
         try:
@@ -680,8 +691,14 @@ def build_release(
                 policies[final.name] = checked.policy
                 if import_check:
                     base = str(Path(interpreter.path).resolve().parent.parent)
+                    # Only the check's own venv is writable: the wheel it checks (and stages
+                    # next) must not change under the code it imports.
                     check_run = sandboxed_runner(
-                        sandbox, writable=[stage], readable=[base], timeout=timeout, runner=runner
+                        sandbox,
+                        writable=[stage / "venv"],
+                        readable=[base],
+                        timeout=timeout,
+                        runner=runner,
                     )
                     imported = import_check_wheel(
                         final,

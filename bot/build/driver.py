@@ -21,6 +21,7 @@ import build
 import pyproject_hooks
 from build import BuildBackendException, BuildException, ProjectBuilder
 from build.env import DefaultIsolatedEnv
+from packaging.requirements import InvalidRequirement, Requirement
 
 
 def _existing(paths: Sequence[str]) -> list[str]:
@@ -105,6 +106,18 @@ def main(spec_path: str) -> int:
     def install(env: DefaultIsolatedEnv, requirements: Sequence[str], step: str) -> None:
         if not requirements:
             return
+        # Names from the configured index only: a URL or path would have the installer, which
+        # runs outside the sandbox with network, fetch or read whatever the project names.
+        for text in requirements:
+            try:
+                direct = Requirement(text).url
+            except InvalidRequirement as exc:
+                raise BuildException(f"invalid requirement {text!r} in {step}: {exc}") from exc
+            if direct:
+                raise BuildException(
+                    f"{step} names {text!r}: build requirements must come from the index, "
+                    "not a URL or path"
+                )
         result["stage"] = f"installing {step}"
         print(f"[wheelstock] installing {step}: {', '.join(sorted(requirements))}", flush=True)
         # Read by pip as --report: the exact versions and hashes go into provenance.
