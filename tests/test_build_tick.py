@@ -158,3 +158,24 @@ def test_provenance_is_a_slsa_statement(workspace: Workspace, tmp_path: Path) ->
     assert run["byproducts"][0]["annotations"]["identical"] is True
     sandbox = record["predicate"]["buildDefinition"]["internalParameters"]["sandbox"]
     assert sandbox["network"] == "none"
+
+
+def test_unsafe_no_sandbox_builds_without_bwrap_and_says_so(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace.enrol("demo", "alice")
+    workspace.upstream.add_file("demo", fixture_sdist(tmp_path, "demo", "1.0"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    git = shutil.which("git")
+    assert git is not None
+    (bin_dir / "git").symlink_to(git)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    result = workspace.run("tick", "--unsafe-no-sandbox")
+    assert result.code == 0, result.out
+    assert result.out.count("--unsafe-no-sandbox: project code runs with") == 1
+    assert "1 built" in result.out
+    (path,) = (workspace.state / "builds" / "demo").glob("*/provenance.json")
+    record = json.loads(path.read_text())
+    sandbox = record["predicate"]["buildDefinition"]["internalParameters"]["sandbox"]
+    assert sandbox["sandbox"] == "none (--unsafe-no-sandbox)" and sandbox["network"] == "host"
