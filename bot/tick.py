@@ -18,9 +18,10 @@ from packaging.version import InvalidVersion, Version
 
 from bot import __version__, feedstock, gate, propose, registry
 from bot.build.provenance import BuilderInfo, Requirement, statement
+from bot.build.release import ReleaseBuild, build_release
 from bot.build.sandbox import Sandbox, SandboxUnavailable, find_sandbox
 from bot.build.targets import find_pythons, host_interpreter, upstream_coverage
-from bot.builder import BUILDER, ReleaseBuild, build_release
+from bot.builder import BUILDER
 from bot.context import Bot, Summary
 from bot.errors import ProjectNotFound, SourceRefused, UpstreamError, WheelstockError
 from bot.feedstock import FEEDSTOCK_FILE, Feedstock, Source
