@@ -20,11 +20,16 @@ INSTALL_HINT = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) or pass --unsafe-no-sandbox"
 )
 
-# Paths no build needs and that hold what a hostile build would want: other users' secrets,
-# the sockets of the host's services (a network namespace does not cut Unix sockets), and
-# scratch space shared with other processes.
-HIDDEN_DIRS = ("/root", "/home", "/run", "/var/run", "/var/tmp", "/var/lib", "/srv", "/mnt")
-_HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers")
+# The host a build sees: the system's programs, libraries and headers and its configuration,
+# read-only, and nothing else (an allow-list, not a deny-list: a network namespace does not cut
+# the Unix sockets of the host's services, and a file only root may read is readable by a
+# build that root runs, wherever it sits). Interpreters elsewhere are added one by one.
+SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Inside /etc, what holds secrets rather than configuration.
+HIDDEN_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/letsencrypt", "/etc/sudoers.d")
+_HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/shadow-", "/etc/gshadow-")
+# tmpfs pages escape RLIMIT_AS, so each tmpfs gets a size; hidden ones need none at all.
+_HIDDEN_TMPFS_BYTES = 1 << 20
 
 
 class SandboxUnavailable(BuildError):
@@ -65,21 +70,43 @@ class Sandbox:
         """
         if self.bwrap is None:
             return []
-        args = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-        args += ["--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
+        args = [self.bwrap]
+        bound: list[Path] = []
+        for system in SYSTEM_DIRS:
+            path = Path(system)
+            if path.is_symlink():  # merged /usr: /bin -> usr/bin
+                args += ["--symlink", os.readlink(path), system]
+            elif path.is_dir():
+                args += ["--ro-bind", system, system]
+                bound.append(path)
+        scratch = str(min(self.limits.file_bytes, self.limits.memory_bytes))
+        args += ["--dev", "/dev", "--proc", "/proc"]
+        args += ["--size", scratch, "--tmpfs", "/tmp", "--size", scratch, "--tmpfs", "/dev/shm"]
+        for shown in readable:
+            args += ["--ro-bind", shown, shown]
+            bound.append(Path(shown))
+        # What must stay unseen even where it lies under something shown (the state directory
+        # inside an interpreter's prefix, say); not what a readable path lies within.
         for hidden in (*HIDDEN_DIRS, *self.hidden):
-            if Path(hidden).is_dir() and not Path(hidden).is_symlink():
-                args += ["--tmpfs", hidden]
+            where = Path(hidden)
+            if (
+                where.is_dir()
+                and not where.is_symlink()
+                and any(where.is_relative_to(b) for b in bound)
+                and not any(Path(r).is_relative_to(where) for r in readable)
+            ):
+                args += ["--size", str(_HIDDEN_TMPFS_BYTES), "--tmpfs", hidden]
         for hidden in _HIDDEN_FILES:
             if Path(hidden).exists():
                 args += ["--ro-bind", "/dev/null", hidden]
-        for path in readable:
-            args += ["--ro-bind", path, path]
-        for path in writable:
-            args += ["--bind", path, path]
+        for tree in writable:
+            args += ["--bind", tree, tree]
         # Own user, pid, network (loopback only, not the host's), ipc, uts and cgroup
-        # namespaces; the sandbox dies with its parent and cannot reach the terminal.
-        args += ["--unshare-all", "--die-with-parent", "--new-session"]
+        # namespaces; the sandbox dies with its parent and cannot reach the terminal. Run by
+        # root, bwrap would keep every capability inside its namespaces, enough to unmount the
+        # tmpfs over a hidden directory or to remount: none are kept.
+        args += ["--unshare-all", "--unshare-user", "--disable-userns"]
+        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         return args
 
     def describe(self) -> dict[str, object]:
