@@ -79,6 +79,8 @@ print(json.dumps({
 }))
 """
 
+_METADATA_LIMIT = 1 << 20
+
 DRIVER = Path(__file__).resolve().parent / "build" / "driver.py"
 
 # What a hook that reached for the network says when there is none (it has its own empty
@@ -235,6 +237,12 @@ def build_wheel(
 
         env = scrubbed_env(source_env, home=home, tmp=tmp, epoch=epoch)
         note(f"environment passed to the build: {', '.join(sorted(env))}")
+        # The frontend's pip reads its configuration and cache under HOME: one the hooks
+        # cannot write (theirs is home/, given to them by the driver).
+        frontend_env = {**env, "HOME": str(work / "frontend-home")}
+        (work / "frontend-home").mkdir()
+        if frontends is not None:
+            frontend_env["PIP_CACHE_DIR"] = str(frontends / "pip-cache")
         run_kwargs: dict[str, Any] = {
             "cwd": str(work),
             "env": env,
@@ -276,6 +284,7 @@ def build_wheel(
             "prefix": box.prefix(writable=()),
             "readable": [str(info["base_prefix"]), str(info["prefix"]), str(work / "env")],
             "writable": [str(src_root), str(tmp_out), str(tmp), str(home)],
+            "hook_home": str(home),
         }
         (control / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         with pids_cgroup(box.limits.processes) as cgroup:
@@ -285,7 +294,7 @@ def build_wheel(
             )
             note(f"running pypa/build with {frontend}; each backend hook runs in the sandbox")
             try:
-                proc = runner(cmd, **run_kwargs)
+                proc = runner(cmd, **{**run_kwargs, "env": frontend_env})
             except subprocess.TimeoutExpired as exc:
                 log.append(_as_text(exc.output))
                 return result(False, (), f"timed out after {timeout:g} s")
@@ -489,7 +498,12 @@ def _check_wheel(wheel: Path, name: str, version: Version) -> None:
             ]
             if len(metadata) != 1:
                 raise _Rejected(f"wheel {wheel.name} has {len(metadata)} .dist-info/METADATA files")
-            headers = BytesHeaderParser().parsebytes(zf.read(metadata[0]))
+            # Bounded: a deflate bomb in a hostile wheel must not take the bot's memory.
+            with zf.open(metadata[0]) as member:
+                text = member.read(_METADATA_LIMIT + 1)
+            if len(text) > _METADATA_LIMIT:
+                raise _Rejected(f"wheel {wheel.name} METADATA is larger than 1 MiB")
+            headers = BytesHeaderParser().parsebytes(text)
     except (zipfile.BadZipFile, OSError) as exc:
         raise _Rejected(f"cannot read wheel {wheel.name}: {_one_line(exc)}") from exc
     meta_name, meta_version = headers.get("Name", ""), headers.get("Version", "")

@@ -33,7 +33,7 @@ def _existing(paths: Sequence[str]) -> list[str]:
 
 
 def sandboxed_runner(
-    prefix: Sequence[str], readable: Sequence[str], writable: Sequence[str]
+    prefix: Sequence[str], readable: Sequence[str], writable: Sequence[str], home: str
 ) -> Any:
     """A pyproject_hooks runner that runs each hook inside bwrap (``prefix``), or bare."""
     # What a hook must read wherever it lives, also under a hidden home directory: this
@@ -48,8 +48,12 @@ def sandboxed_runner(
     def run(
         cmd: Sequence[str], cwd: str | None = None, extra_environ: Mapping[str, str] | None = None
     ) -> None:
-        env = dict(os.environ)
+        # Hooks have no network, so they get no installer settings (a token may sit in an index
+        # URL's path), and a home of their own, not the one the frontend's pip reads its
+        # configuration from.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
         env.update(extra_environ or {})
+        env["HOME"] = home
         argv = list(cmd)
         if prefix:
             mounts: list[str] = []
@@ -100,7 +104,9 @@ def main(spec_path: str) -> int:
     result_path = Path(spec["result"])
     reports = Path(spec["reports"])
     result: dict[str, Any] = {"wheel": None, "requirements": [], "error": None, "stage": None}
-    runner = sandboxed_runner(spec["prefix"], spec["readable"], spec["writable"])
+    runner = sandboxed_runner(
+        spec["prefix"], spec["readable"], spec["writable"], spec["hook_home"]
+    )
     started = time.time()
 
     def install(env: DefaultIsolatedEnv, requirements: Sequence[str], step: str) -> None:
@@ -122,10 +128,14 @@ def main(spec_path: str) -> int:
         print(f"[wheelstock] installing {step}: {', '.join(sorted(requirements))}", flush=True)
         # Read by pip as --report: the exact versions and hashes go into provenance.
         os.environ["PIP_REPORT"] = str(reports / f"{step.replace(' ', '-')}.json")
+        # Wheels only: building a requirement from its sdist would run its code here, outside
+        # the sandbox and with network.
+        os.environ["PIP_ONLY_BINARY"] = ":all:"
         try:
             env.install(requirements)
         finally:
             os.environ.pop("PIP_REPORT", None)
+            os.environ.pop("PIP_ONLY_BINARY", None)
 
     try:
         with DefaultIsolatedEnv(path=spec["envdir"]) as env:
