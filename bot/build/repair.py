@@ -180,6 +180,22 @@ def _record_problem(wheel: Path) -> str | None:
     return None
 
 
+def _elf_members(wheel: Path) -> list[str]:
+    """Members of the wheel that are ELF files, by their first bytes, whatever their names."""
+    found = []
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                with archive.open(info) as member:
+                    if member.read(4) == b"\x7fELF":
+                        found.append(info.filename)
+    except (zipfile.BadZipFile, OSError) as exc:
+        return [f"<unreadable: {_one_line(exc)}>"]
+    return found
+
+
 def _policy(platforms: Iterable[str]) -> str | None:
     """The oldest PEP 600/656 policy among a wheel's platform tags (the widest it claims)."""
     named = [(int(m[1]), int(m[2]), p) for p in platforms if (m := _POLICY.fullmatch(p))]
@@ -194,7 +210,14 @@ def repair(wheel: Path, out_dir: Path, *, run: Sandboxed, env: Mapping[str, str]
         return Checked(False, None, f"{wheel.name} is not a wheel: {exc}", "")
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_pure(wheel):
-        # The issue: pure wheels (none-any) skip repair; there is no ELF for auditwheel to check.
+        # Pure wheels (none-any) skip repair, so one must hold no compiled code: auditwheel
+        # never sees it, and it would install on every platform.
+        compiled = _elf_members(wheel)
+        if compiled:
+            shown = ", ".join(compiled[:5])
+            return Checked(
+                False, None, f"{wheel.name} is tagged pure but holds compiled code: {shown}", ""
+            )
         target = out_dir / wheel.name
         if not (target.exists() and target.samefile(wheel)):
             shutil.copy2(wheel, target)
@@ -563,16 +586,20 @@ def import_check(
         return fail(problem or f"cannot create a venv with {python}")
     venv_python = str(venv / "bin" / "python")
 
-    own, requirements, problem = _install(wheel, venv, probe)
-    if problem is not None:
-        log += f"installer: {problem}\n"
-        return fail(f"cannot install {wheel.name}: {problem}")
-    log += f"installer: installed {wheel.name} into {venv}\n"
+    try:
+        with WheelFile.open(wheel) as source:
+            own = canonicalize_name(source.distribution)
+            requirements = _runtime_requirements(source, probe["markers"])
+    except InvalidRequirement as exc:
+        return fail(f"cannot install {wheel.name}: invalid Requires-Dist: {exc}")
+    except (InstallerError, ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
+        return fail(f"cannot install {wheel.name}: {_one_line(exc)}")
 
     if requirements:
-        # The wheel goes in first, so a dependency that needs it back (a cycle) finds it
-        # installed. --only-binary :all: is a trust rule: an sdist among the dependencies would
-        # run its build backend here, outside the sandbox, with network.
+        # The dependencies go in before the wheel: pip --python runs pip under the venv's
+        # interpreter, which would run a .pth file of the project's wheel outside the sandbox.
+        # --only-binary :all: is a trust rule too: an sdist among the dependencies would run
+        # its build backend here, outside the sandbox, with network.
         argv = [
             sys.executable,
             "-m",
@@ -594,6 +621,12 @@ def import_check(
                 f"cannot install the dependencies of {own} as wheels ({wanted}): "
                 f"{_last_line(done.stdout)}"
             )
+
+    _, _, problem = _install(wheel, venv, probe)
+    if problem is not None:
+        log += f"installer: {problem}\n"
+        return fail(f"cannot install {wheel.name}: {problem}")
+    log += f"installer: installed {wheel.name} into {venv}\n"
 
     # -I: the venv's site-packages only; no PYTHON* variables, user site or cwd on sys.path.
     argv = [venv_python, "-I", "-c", _IMPORT_SCRIPT, *modules]
