@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from bot.build.sandbox import HIDDEN_DIRS, Sandbox, SandboxUnavailable, find_sandbox
 from bot.cli import main
 
 from support import UpstreamServer
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "feedstock-template"
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "feedstock-template"
 
 
 @dataclass
@@ -77,3 +82,26 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UpstreamS
     """A loopback upstream, once in each mode (PEP 691 JSON and PEP 503 HTML)."""
     with UpstreamServer(tmp_path / "upstream", mode=request.param) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def box() -> Sandbox:
+    try:
+        return find_sandbox()
+    except SandboxUnavailable as exc:  # CI installs bubblewrap; a developer may not have it
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def visible_dir() -> Iterator[Path]:
+    """A directory the sandbox's read-only view of the host shows (unlike /tmp or /root)."""
+    covered = ("/tmp", *HIDDEN_DIRS)
+    for parent in (ROOT, Path("/var/cache"), Path("/opt")):
+        if any(parent.is_relative_to(c) for c in covered) or not os.access(parent, os.W_OK):
+            continue
+        path = parent / f".wheelstock-sandbox-test-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+        yield path
+        shutil.rmtree(path)
+        return
+    pytest.skip("no writable directory that the sandbox would show")

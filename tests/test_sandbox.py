@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import ast
-import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
 import tarfile
 import textwrap
 import threading
-import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +18,6 @@ import pytest
 from test_builder import IN_TREE_PYPROJECT, file_member, write_tar
 
 from bot.build.sandbox import (
-    HIDDEN_DIRS,
     ResourceLimits,
     Sandbox,
     SandboxUnavailable,
@@ -32,15 +28,6 @@ from bot.build.sandbox import (
 from bot.builder import build_wheel
 
 SECRET = "operator-secret-4f1d"
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def box() -> Sandbox:
-    try:
-        return find_sandbox()
-    except SandboxUnavailable as exc:  # CI installs bubblewrap; a developer may not have it
-        pytest.skip(str(exc))
 
 
 class Listener:
@@ -126,21 +113,6 @@ def _hostile_sdist(tmp_path: Path, setup_py: str) -> Path:
             ),
         ],
     )
-
-
-@pytest.fixture
-def visible_dir() -> Iterator[Path]:
-    """A directory the sandbox's read-only view of the host shows (unlike /tmp or /root)."""
-    covered = ("/tmp", *HIDDEN_DIRS)
-    for parent in (ROOT, Path("/var/cache"), Path("/opt")):
-        if any(parent.is_relative_to(c) for c in covered) or not os.access(parent, os.W_OK):
-            continue
-        path = parent / f".wheelstock-sandbox-test-{uuid.uuid4().hex[:8]}"
-        path.mkdir()
-        yield path
-        shutil.rmtree(path)
-        return
-    pytest.skip("no writable directory that the sandbox would show")
 
 
 @pytest.mark.slow
