@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -138,7 +139,7 @@ def run_in_own_session(
             start_new_session=True,
         )
         try:
-            returncode = proc.wait(timeout=timeout)
+            returncode = _wait(proc, timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc.pid)
             proc.wait()
@@ -151,6 +152,28 @@ def run_in_own_session(
             raise
         # No group kill here: the leader is reaped, so its id may already belong to someone else.
         return subprocess.CompletedProcess(proc.args, returncode, stdout=_read_text(out))
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float | None) -> int:
+    """Wait for ``proc``, seeing its end at once (TimeoutExpired after ``timeout``).
+
+    Popen.wait(timeout) polls with sleeps that grow to 50 ms, so every short step of a build
+    (the probe, the import check, auditwheel) would end up to 50 ms late; a pidfd turns
+    readable the moment the process exits.
+    """
+    if timeout is None or not hasattr(os, "pidfd_open"):
+        return proc.wait(timeout=timeout)
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # an old kernel: poll as before
+        return proc.wait(timeout=timeout)
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    if not ready:
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+    return proc.wait()
 
 
 def _kill_group(pgid: int) -> None:
@@ -338,9 +361,21 @@ def build_wheel(
         shutil.rmtree(work, ignore_errors=True)
 
 
+# Probe answers by interpreter file (real path, mtime, size): a tick building many projects
+# asks each Python once. Only an answer that names pypa/build is kept.
+_PROBED: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
 def _probe(
     python: str, runner: Runner, run_kwargs: Mapping[str, Any], log: list[str]
 ) -> dict[str, Any]:
+    key = None
+    with contextlib.suppress(OSError):
+        real = os.path.realpath(python)
+        stat = os.stat(real)
+        key = (f"{python}\0{real}", stat.st_mtime_ns, stat.st_size)
+    if key is not None and key in _PROBED:
+        return dict(_PROBED[key])
     # -I: cwd and PYTHON* variables must not change which frontend code runs.
     try:
         probe = runner([python, "-I", "-c", _PROBE], **run_kwargs)
@@ -355,6 +390,8 @@ def _probe(
     info.setdefault("version", "")
     info.setdefault("prefix", "")
     info.setdefault("base_prefix", "")
+    if key is not None and info.get("build"):
+        _PROBED[key] = dict(info)
     return info
 
 

@@ -439,9 +439,15 @@ def test_run_in_own_session_kills_grandchildren_on_timeout(tmp_path: Path) -> No
     assert readable == [pidfd]
 
 
-def test_run_in_own_session_returns_combined_output(tmp_path: Path) -> None:
+@pytest.mark.parametrize("timeout", [None, 60.0])
+def test_run_in_own_session_returns_combined_output(
+    tmp_path: Path, timeout: float | None
+) -> None:
+    # With a timeout the end is seen through a pidfd; the exit status must be the same.
     script = "import sys; print('out'); sys.stdout.flush(); print('err', file=sys.stderr); exit(3)"
-    done = run_in_own_session([sys.executable, "-c", script], cwd=tmp_path, env=dict(os.environ))
+    done = run_in_own_session(
+        [sys.executable, "-c", script], cwd=tmp_path, env=dict(os.environ), timeout=timeout
+    )
     assert done.returncode == 3
     assert done.stdout.split() == ["out", "err"]
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -280,6 +283,33 @@ def test_unsafe_sandbox_is_bare_but_limited(tmp_path: Path) -> None:
         subprocess.run(limited([sys.executable, "-c", script], limits, cgroup), check=False)
     # The kernel stops the file at the limit (Python ignores SIGXFSZ, so the write is cut).
     assert (tmp_path / "big").stat().st_size == 1000
+
+
+@pytest.mark.parametrize("launcher", ["prlimit", "python"])
+def test_both_launchers_apply_every_limit_and_join_the_cgroup(
+    tmp_path: Path, launcher: str
+) -> None:
+    tool = shutil.which("prlimit") if launcher == "prlimit" else ""
+    if tool is None:
+        pytest.skip("util-linux prlimit is not installed")
+    limits = ResourceLimits(cpu_seconds=77, memory_bytes=3 << 30, processes=99, file_bytes=12345)
+    script = textwrap.dedent("""\
+        import json, resource
+        names = ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC")
+        limits = {n: resource.getrlimit(getattr(resource, n))[0] for n in names}
+        print(json.dumps({"limits": limits, "cgroup": open("/proc/self/cgroup").read()}))
+        """)
+    with pids_cgroup(limits.processes) as cgroup:
+        argv = limited([sys.executable, "-I", "-c", script], limits, cgroup, prlimit=tool)
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    seen = json.loads(done.stdout)
+    assert seen["limits"]["RLIMIT_CPU"] == 77
+    assert seen["limits"]["RLIMIT_AS"] == 3 << 30
+    assert seen["limits"]["RLIMIT_FSIZE"] == 12345
+    if cgroup is not None:
+        assert cgroup.name in seen["cgroup"]
+    if cgroup is None or os.geteuid() != 0:
+        assert seen["limits"]["RLIMIT_NPROC"] == 99
 
 
 def test_sandbox_sees_the_host_read_only(box: Sandbox, tmp_path: Path, visible_dir: Path) -> None:
