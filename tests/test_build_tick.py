@@ -102,6 +102,16 @@ def tick_bot(workspace: Workspace) -> Bot:
     )
 
 
+def path_without_bwrap(tmp_path: Path) -> str:
+    """A PATH with git (the local forge needs it) and no bwrap."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    git = shutil.which("git")
+    assert git is not None
+    (bin_dir / "git").symlink_to(git)
+    return str(bin_dir)
+
+
 def test_no_bwrap_is_said_once_and_builds_wait(
     workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -111,13 +121,7 @@ def test_no_bwrap_is_said_once_and_builds_wait(
             f"demo-{name}", fixture_sdist(tmp_path / name, f"demo-{name}", "1.0")
         )
     path = os.environ.get("PATH", os.defpath)
-    # A PATH with git (the local forge needs it) and no bwrap.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    git = shutil.which("git")
-    assert git is not None
-    (bin_dir / "git").symlink_to(git)
-    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("PATH", path_without_bwrap(tmp_path))
     result = workspace.run("tick")
     assert result.code == 1
     lines = [line for line in result.out.splitlines() if "bwrap" in line]
@@ -165,12 +169,7 @@ def test_unsafe_no_sandbox_builds_without_bwrap_and_says_so(
 ) -> None:
     workspace.enrol("demo", "alice")
     workspace.upstream.add_file("demo", fixture_sdist(tmp_path, "demo", "1.0"))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    git = shutil.which("git")
-    assert git is not None
-    (bin_dir / "git").symlink_to(git)
-    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("PATH", path_without_bwrap(tmp_path))
     result = workspace.run("tick", "--unsafe-no-sandbox")
     assert result.code == 0, result.out
     assert result.out.count("--unsafe-no-sandbox: project code runs with") == 1

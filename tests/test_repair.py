@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.build.repair import Checked, import_check, is_pure, repair, top_level_modules
+from bot.build.repair import Checked, import_check, is_pure, repair, run_plain, top_level_modules
 
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}
 PLAIN_TAG = f"cp{sys.version_info.major}{sys.version_info.minor}"
@@ -63,21 +63,6 @@ version = "1.0"
 """
 
 
-def plain(
-    argv: Sequence[str], cwd: Path, env: Mapping[str, str]
-) -> subprocess.CompletedProcess[str]:
-    """The Sandboxed contract without a sandbox: combined output, no raise on exit codes."""
-    return subprocess.run(
-        list(argv),
-        cwd=cwd,
-        env=dict(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        check=False,
-    )
-
-
 @dataclass
 class Counting:
     """A plain runner that remembers every argv it was asked to run."""
@@ -88,7 +73,7 @@ class Counting:
         self, argv: Sequence[str], cwd: Path, env: Mapping[str, str]
     ) -> subprocess.CompletedProcess[str]:
         self.calls.append([str(a) for a in argv])
-        return plain(argv, cwd, env)
+        return run_plain(argv, cwd, env)
 
 
 def assemble(
@@ -174,7 +159,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Compiled:
 
 @pytest.fixture(scope="session")
 def repaired(compiled: Compiled, tmp_path_factory: pytest.TempPathFactory) -> Checked:
-    return repair(compiled.demo, tmp_path_factory.mktemp("repaired"), run=plain, env=ENV)
+    return repair(compiled.demo, tmp_path_factory.mktemp("repaired"), run=run_plain, env=ENV)
 
 
 def venv_python(workdir: Path) -> str:
@@ -235,7 +220,7 @@ def test_pure_wheel_skips_auditwheel(tmp_path: Path) -> None:
 
 def test_platform_wheel_without_elf_is_refused(tmp_path: Path) -> None:
     wheel = assemble(tmp_path / "dist", "noelf", {"noelf.py": "X = 1\n"}, tag=LINUX_TAG)
-    result = repair(wheel, tmp_path / "out", run=plain, env=ENV)
+    result = repair(wheel, tmp_path / "out", run=run_plain, env=ENV)
     assert not result.ok and result.wheel is None
     assert result.reason == (
         f"auditwheel cannot repair {wheel.name}: This does not look like a platform wheel, no ELF "
@@ -276,7 +261,7 @@ def test_c_extension_is_repaired_to_the_oldest_policy(
     assert all(p.startswith("manylinux") for p in platforms)
     assert list(repaired.wheel.parent.iterdir()) == [repaired.wheel]  # no scratch left behind
     # The oldest policy the wheel satisfies, as `auditwheel show` reports it for the input.
-    show = plain(
+    show = run_plain(
         [sys.executable, "-m", "auditwheel", "show", str(compiled.demo)], compiled.demo.parent, ENV
     )
     shown = re.search(r'platform\s+tag:\s+"([^"]+)"', show.stdout)
@@ -288,21 +273,21 @@ def test_c_extension_is_repaired_to_the_oldest_policy(
 @pytest.mark.slow
 def test_repaired_c_extension_imports_in_a_fresh_venv(repaired: Checked, tmp_path: Path) -> None:
     assert repaired.wheel is not None
-    result = import_check(repaired.wheel, sys.executable, tmp_path, run=plain, env=ENV)
+    result = import_check(repaired.wheel, sys.executable, tmp_path, run=run_plain, env=ENV)
     assert result.ok, result.log
     assert result.wheel == repaired.wheel and result.reason is None
     python = venv_python(tmp_path)
-    called = plain([python, "-I", "-c", "import demo; print(demo.answer())"], tmp_path, ENV)
+    called = run_plain([python, "-I", "-c", "import demo; print(demo.answer())"], tmp_path, ENV)
     assert called.stdout.strip() == "42"
     # A fresh venv: nothing of the environment running the tests is importable there.
-    assert plain([python, "-I", "-c", "import pytest"], tmp_path, ENV).returncode != 0
+    assert run_plain([python, "-I", "-c", "import pytest"], tmp_path, ENV).returncode != 0
 
 
 @pytest.mark.slow
 def test_unlocatable_library_is_refused_with_auditwheels_reason(
     compiled: Compiled, tmp_path: Path
 ) -> None:
-    result = repair(compiled.linked, tmp_path / "out", run=plain, env=ENV)
+    result = repair(compiled.linked, tmp_path / "out", run=run_plain, env=ENV)
     assert not result.ok and result.wheel is None and result.policy is None
     assert result.reason == (
         f"auditwheel cannot repair {compiled.linked.name}: ValueError: Cannot repair wheel, "
@@ -315,15 +300,15 @@ def test_unlocatable_library_is_refused_with_auditwheels_reason(
 @pytest.mark.slow
 def test_findable_library_is_grafted_and_still_works(compiled: Compiled, tmp_path: Path) -> None:
     env = {**ENV, "LD_LIBRARY_PATH": str(compiled.libdir)}
-    result = repair(compiled.linked, tmp_path / "out", run=plain, env=env)
+    result = repair(compiled.linked, tmp_path / "out", run=run_plain, env=env)
     assert result.ok, result.log
     assert result.wheel is not None and result.policy is not None
     with zipfile.ZipFile(result.wheel) as archive:
         assert any(re.fullmatch(r"linked\.libs/libwsfoo-\w+\.so", n) for n in archive.namelist())
-    checked = import_check(result.wheel, sys.executable, tmp_path / "check", run=plain, env=ENV)
+    checked = import_check(result.wheel, sys.executable, tmp_path / "check", run=run_plain, env=ENV)
     assert checked.ok, checked.log
     python = venv_python(tmp_path / "check")
-    called = plain([python, "-I", "-c", "import linked; print(linked.f())"], tmp_path, ENV)
+    called = run_plain([python, "-I", "-c", "import linked; print(linked.f())"], tmp_path, ENV)
     assert called.stdout.strip() == "7"
 
 
@@ -344,7 +329,7 @@ def test_import_failure_fails_with_the_traceback(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_crashing_import_names_the_signal(tmp_path: Path) -> None:
     wheel = assemble(tmp_path / "dist", "crash", {"crash.py": "import os\nos.abort()\n"})
-    result = import_check(wheel, sys.executable, tmp_path / "work", run=plain, env=ENV)
+    result = import_check(wheel, sys.executable, tmp_path / "work", run=run_plain, env=ENV)
     assert not result.ok
     assert result.reason == "import of crash failed: killed by SIGABRT"
 
@@ -368,7 +353,7 @@ def test_uninstallable_dependency_fails_with_one_line(tmp_path: Path) -> None:
     wheel = assemble(tmp_path / "dist", "needy", files, requires=["nosuchdep>=1"])
     install_env = offline(tmp_path, tmp_path / "empty")
     result = import_check(
-        wheel, sys.executable, tmp_path / "work", run=plain, env=ENV, install_env=install_env
+        wheel, sys.executable, tmp_path / "work", run=run_plain, env=ENV, install_env=install_env
     )
     assert not result.ok and result.reason is not None
     assert "\n" not in result.reason
@@ -390,7 +375,7 @@ def test_dependencies_that_apply_are_installed_as_wheels(tmp_path: Path) -> None
         wheel,
         sys.executable,
         tmp_path / "work",
-        run=plain,
+        run=run_plain,
         env=ENV,
         install_env=offline(tmp_path, links),
         host=host,
@@ -419,7 +404,7 @@ def test_cached_base_venv_is_copied_not_made_again(repaired: Checked, tmp_path: 
             repaired.wheel,
             sys.executable,
             tmp_path / f"work{n}",
-            run=plain,
+            run=run_plain,
             env=ENV,
             host=host,
             venv_cache=cache,
@@ -432,7 +417,7 @@ def test_cached_base_venv_is_copied_not_made_again(repaired: Checked, tmp_path: 
     (probe,) = cache.glob("*/probe.json")
     probe.write_text("{")
     result = import_check(
-        repaired.wheel, sys.executable, tmp_path / "work2", run=plain, env=ENV, venv_cache=cache
+        repaired.wheel, sys.executable, tmp_path / "work2", run=run_plain, env=ENV, venv_cache=cache
     )
     assert result.ok, result.log
 
@@ -440,7 +425,7 @@ def test_cached_base_venv_is_copied_not_made_again(repaired: Checked, tmp_path: 
 def test_missing_interpreter_fails_with_a_reason(tmp_path: Path) -> None:
     wheel = assemble(tmp_path, "some", {"some.py": ""})
     missing = str(tmp_path / "no" / "python")
-    result = import_check(wheel, missing, tmp_path / "work", run=plain, env=ENV)
+    result = import_check(wheel, missing, tmp_path / "work", run=run_plain, env=ENV)
     assert not result.ok
     assert (
         result.reason
