@@ -10,17 +10,19 @@ import json
 import re
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import (
+    InvalidSdistFilename,
     InvalidWheelFilename,
     NormalizedName,
     canonicalize_name,
+    parse_sdist_filename,
     parse_wheel_filename,
 )
 from packaging.version import InvalidVersion, Version
@@ -103,6 +105,165 @@ class IndexedFile:
         return cls(filename, sha256, size, requires_python, upload_time, metadata_sha256, yanked)
 
 
+class _Dist(Protocol):
+    """What the index needs of a file on upstream's page (bot.upstream.DistFile has it)."""
+
+    @property
+    def filename(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def sha256(self) -> str | None: ...
+    @property
+    def requires_python(self) -> str | None: ...
+    @property
+    def yanked(self) -> str | None: ...
+    @property
+    def upload_time(self) -> datetime | None: ...
+    @property
+    def size(self) -> int | None: ...
+    @property
+    def core_metadata(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class UpstreamEntry:
+    """A file upstream lists for an enrolled project, shown on our page with upstream's URL.
+
+    Our page is a superset of upstream's (DESIGN, index rules): uv's first-index strategy then
+    never hides a release, an sdist or a Python we built nothing for.
+    """
+
+    filename: str
+    url: str  # absolute, upstream's own
+    sha256: str | None
+    requires_python: str | None
+    size: int | None
+    upload_time: str | None
+    core_metadata: str | None  # "sha256=<hex>" or "true", as upstream gave it
+    yanked: str | None
+
+    @classmethod
+    def from_dist(cls, dist: _Dist) -> UpstreamEntry:
+        return cls(
+            filename=dist.filename,
+            url=dist.url,
+            sha256=dist.sha256,
+            requires_python=dist.requires_python,
+            size=dist.size,
+            upload_time=None if dist.upload_time is None else format_upload_time(dist.upload_time),
+            core_metadata=dist.core_metadata,
+            yanked=dist.yanked,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "filename": self.filename,
+            "url": self.url,
+            "hashes": {} if self.sha256 is None else {"sha256": self.sha256},
+        }
+        if self.requires_python is not None:
+            entry["requires-python"] = self.requires_python
+        if self.size is not None:
+            entry["size"] = self.size
+        if self.upload_time is not None:
+            entry["upload-time"] = self.upload_time
+        if self.core_metadata is not None:
+            digest = self.core_metadata.removeprefix("sha256=")
+            entry["core-metadata"] = {"sha256": digest} if _SHA256_HEX.match(digest) else True
+        if self.yanked is not None:
+            entry["yanked"] = self.yanked or True
+        return entry
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> UpstreamEntry:
+        obj = _as_dict(data, where)
+        hashes = _as_dict(obj.get("hashes", {}), f"{where}.hashes")
+        sha256 = hashes.get("sha256")
+        size = obj.get("size")
+        core = obj.get("core-metadata")
+        core_metadata = None
+        if isinstance(core, dict) and isinstance(core.get("sha256"), str):
+            core_metadata = f"sha256={core['sha256']}"
+        elif core is True:
+            core_metadata = "true"
+        yanked_raw = obj.get("yanked", False)
+        yanked = "" if yanked_raw is True else None if yanked_raw is False else str(yanked_raw)
+        upload_time = obj.get("upload-time")
+        requires_python = obj.get("requires-python")
+        return cls(
+            filename=_as_str(obj.get("filename"), f"{where}.filename"),
+            url=_as_str(obj.get("url"), f"{where}.url"),
+            sha256=sha256 if isinstance(sha256, str) else None,
+            requires_python=requires_python if isinstance(requires_python, str) else None,
+            size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+            upload_time=upload_time if isinstance(upload_time, str) else None,
+            core_metadata=core_metadata,
+            yanked=yanked,
+        )
+
+    def html_attributes(self) -> list[str]:
+        href = self.url if self.sha256 is None else f"{self.url}#sha256={self.sha256}"
+        attrs = [f'href="{html.escape(href)}"']
+        if self.requires_python is not None:
+            attrs.append(f'data-requires-python="{html.escape(self.requires_python)}"')
+        if self.core_metadata is not None:
+            value = html.escape(self.core_metadata)
+            attrs.append(f'data-core-metadata="{value}"')
+            attrs.append(f'data-dist-info-metadata="{value}"')
+        if self.yanked is not None:
+            attrs.append(f'data-yanked="{html.escape(self.yanked)}"')
+        return attrs
+
+
+DELETED_UPSTREAM = "deleted upstream"
+
+
+def _version_of(filename: str) -> Version | None:
+    try:
+        if filename.endswith(".whl"):
+            return parse_wheel_filename(filename)[1]
+        return parse_sdist_filename(filename)[1]
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        return None
+
+
+def propagate_yanks(
+    ours: Sequence[IndexedFile], upstream: Sequence[UpstreamEntry]
+) -> list[IndexedFile]:
+    """Our files with upstream's yank state of their release (PEP 592), never deleted.
+
+    A wheel of ours is built from its release's sdist, so it is yanked when upstream yanks
+    that sdist (or the whole release), with upstream's reason; un-yanked when upstream
+    un-yanks; and yanked "deleted upstream" when the release is gone, so that a user's hash
+    pin still resolves, to a file that says why.
+    """
+    by_version: dict[Version, list[UpstreamEntry]] = {}
+    for entry in upstream:
+        version = _version_of(entry.filename)
+        if version is not None:
+            by_version.setdefault(version, []).append(entry)
+    result = []
+    for mine in ours:
+        version = _version_of(mine.filename)
+        if version is None:
+            result.append(mine)
+            continue
+        files = by_version.get(version, [])
+        sdists = [f for f in files if not f.filename.endswith(".whl")]
+        yanked: str | None
+        if any(f.yanked is None for f in sdists):
+            yanked = None
+        elif sdists:
+            yanked = next(f.yanked for f in sdists if f.yanked is not None)
+        elif files and all(f.yanked is not None for f in files):
+            yanked = next(f.yanked for f in files if f.yanked is not None)
+        else:
+            yanked = DELETED_UPSTREAM
+        result.append(replace(mine, yanked=yanked))
+    return result
+
+
 @dataclass(frozen=True)
 class _Wheel:
     """A validated input wheel: where it is, its digest, and its core metadata bytes."""
@@ -126,7 +287,8 @@ def publish(
     stamp = format_upload_time(now if now is not None else datetime.now(UTC))
     files_dir = root / "files" / name
     with _locked(root):
-        listed = {entry.filename: entry for entry in project_files(root, name)}
+        mine, theirs = _read_page(root, name)
+        listed = {entry.filename: entry for entry in mine}
         # Validate everything before the first write, so an error leaves the tree untouched.
         wanted: dict[str, _Wheel] = {}
         for path in files:
@@ -168,19 +330,34 @@ def publish(
                 listed[wheel.filename] = entry
             result.append(entry)
         # Files first, then pages: a page never links to a file that is not there yet.
-        _write_project_pages(root, name, list(listed.values()))
-        _write_root_pages(root)
+        new_project = not (root / "simple" / name / "index.json").exists()
+        _write_project_pages(
+            root,
+            name,
+            propagate_yanks(list(listed.values()), theirs) if theirs else list(listed.values()),
+            theirs,
+        )
+        if new_project:
+            _write_root_pages(root)
     return result
 
 
 def project_files(root: Path, project: str) -> list[IndexedFile]:
-    """What the index lists for `project` now, sorted by filename ([] when it has no page)."""
-    name = _project_name(project)
+    """Our files on `project`'s page now, sorted by filename ([] when it has no page)."""
+    return _read_page(root, _project_name(project))[0]
+
+
+def upstream_files(root: Path, project: str) -> list[UpstreamEntry]:
+    """Upstream's files as `project`'s page lists them now (refreshed by `refresh`)."""
+    return _read_page(root, _project_name(project))[1]
+
+
+def _read_page(root: Path, name: NormalizedName) -> tuple[list[IndexedFile], list[UpstreamEntry]]:
     page = root / "simple" / name / "index.json"
     try:
         raw = page.read_bytes()
     except FileNotFoundError:
-        return []
+        return [], []
     except OSError as exc:
         raise PublishError(f"cannot read {page}: {exc.strerror}") from exc
     try:
@@ -189,8 +366,46 @@ def project_files(root: Path, project: str) -> list[IndexedFile]:
         raise PublishError(f"{page} is not valid JSON: {exc}") from exc
     where = f"simple/{name}/index.json"
     entries = _as_list(_as_dict(data, where).get("files"), f"{where}: files")
-    found = [IndexedFile.from_json(item, f"{where}: files[{i}]") for i, item in enumerate(entries)]
-    return sorted(found, key=lambda entry: entry.filename)
+    ours: list[IndexedFile] = []
+    theirs: list[UpstreamEntry] = []
+    for i, item in enumerate(entries):
+        at = f"{where}: files[{i}]"
+        # Our files are linked relative to the page; upstream's by upstream's absolute URL.
+        url = _as_dict(item, at).get("url")
+        if isinstance(url, str) and "://" in url:
+            theirs.append(UpstreamEntry.from_json(item, at))
+        else:
+            ours.append(IndexedFile.from_json(item, at))
+    return sorted(ours, key=lambda e: e.filename), sorted(theirs, key=lambda e: e.filename)
+
+
+def refresh(root: Path, pages: Mapping[str, Sequence[_Dist]]) -> list[str]:
+    """Bring upstream's files (and their yanks) onto the pages of these projects.
+
+    Called with the pages the watch fetched anew, so a tick where upstream did not change
+    rewrites nothing. Writes the root pages once, whatever the number of projects. Returns a
+    line for each of our files whose yank state changed.
+    """
+    said: list[str] = []
+    with _locked(root):
+        created = False
+        for project, dists in pages.items():
+            name = _project_name(project)
+            ours, _ = _read_page(root, name)
+            theirs = [UpstreamEntry.from_dist(d) for d in dists]
+            updated = propagate_yanks(ours, theirs)
+            for before, after in zip(ours, updated, strict=True):
+                if before.yanked != after.yanked:
+                    said.append(
+                        f"unyanked {after.filename} (upstream un-yanked it)"
+                        if after.yanked is None
+                        else f"yanked {after.filename}: {after.yanked or 'yanked upstream'}"
+                    )
+            created |= not (root / "simple" / name / "index.json").exists()
+            _write_project_pages(root, name, updated, theirs)
+        if created:
+            _write_root_pages(root)
+    return said
 
 
 def rebuild(root: Path) -> int:
@@ -207,7 +422,7 @@ def rebuild(root: Path) -> int:
         for name, (entries, metadata_files) in plans.items():
             for path, data in metadata_files:
                 _write_if_changed(path, data)
-            _write_project_pages(root, name, entries)
+            _write_project_pages(root, name, entries, upstream_files(root, name))
         _write_root_pages(root)
     return len(plans)
 
@@ -374,29 +589,52 @@ def _metadata_path(wheel: Path) -> Path:
     return wheel.with_name(wheel.name + ".metadata")
 
 
-def _versions(entries: Sequence[IndexedFile]) -> list[str]:
-    found: set[Version] = set()
-    for entry in entries:
-        with contextlib.suppress(InvalidWheelFilename):
-            found.add(parse_wheel_filename(entry.filename)[1])
+def _versions(filenames: Sequence[str]) -> list[str]:
+    found = {v for v in map(_version_of, filenames) if v is not None}
     return [str(version) for version in sorted(found)]
 
 
-def _write_project_pages(root: Path, name: str, entries: Sequence[IndexedFile]) -> None:
+def _write_project_pages(
+    root: Path, name: str, entries: Sequence[IndexedFile], upstream: Sequence[UpstreamEntry] = ()
+) -> None:
     ordered = sorted(entries, key=lambda entry: entry.filename)
+    # A file is ours or upstream's, never both: ours stays (published files never change).
+    mine = {entry.filename for entry in ordered}
+    theirs = sorted((u for u in upstream if u.filename not in mine), key=lambda u: u.filename)
+    merged: list[tuple[str, dict[str, Any], list[str]]] = [
+        (e.filename, e.to_json(name), _our_html_attributes(name, e)) for e in ordered
+    ]
+    merged += [(u.filename, u.to_json(), u.html_attributes()) for u in theirs]
+    merged.sort(key=lambda item: item[0])
     page_dir = root / "simple" / name
     document: dict[str, Any] = {
         "meta": {"api-version": API_VERSION},
         "name": name,
-        "files": [entry.to_json(name) for entry in ordered],
-        "versions": _versions(ordered),  # PEP 700
+        "files": [entry for _, entry, _ in merged],
+        "versions": _versions([filename for filename, _, _ in merged]),  # PEP 700
     }
     # index.json is the source of truth, so it goes first; index.html renders the same data.
     _write_if_changed(page_dir / "index.json", _json_bytes(document))
-    _write_if_changed(page_dir / "index.html", _project_html(name, ordered))
+    _write_if_changed(page_dir / "index.html", _project_html(name, merged))
 
 
-def _project_html(name: str, entries: Sequence[IndexedFile]) -> bytes:
+def _our_html_attributes(name: str, entry: IndexedFile) -> list[str]:
+    href = f"{_file_url(name, entry.filename)}#sha256={entry.sha256}"
+    attrs = [f'href="{html.escape(href)}"']
+    if entry.requires_python is not None:
+        # PEP 503: "<" and ">" in the specifier must be HTML-escaped.
+        attrs.append(f'data-requires-python="{html.escape(entry.requires_python)}"')
+    if entry.metadata_sha256 is not None:
+        # PEP 714 name plus the PEP 658 name, which pip before 23.2 still reads in HTML.
+        value = f"sha256={entry.metadata_sha256}"
+        attrs.append(f'data-core-metadata="{value}"')
+        attrs.append(f'data-dist-info-metadata="{value}"')
+    if entry.yanked is not None:
+        attrs.append(f'data-yanked="{html.escape(entry.yanked)}"')  # PEP 592
+    return attrs
+
+
+def _project_html(name: str, entries: Sequence[tuple[str, dict[str, Any], list[str]]]) -> bytes:
     title = html.escape(name)
     lines = [
         "<!DOCTYPE html>",
@@ -408,20 +646,8 @@ def _project_html(name: str, entries: Sequence[IndexedFile]) -> bytes:
         "  <body>",
         f"    <h1>Links for {title}</h1>",
     ]
-    for entry in entries:
-        href = f"{_file_url(name, entry.filename)}#sha256={entry.sha256}"
-        attrs = [f'href="{html.escape(href)}"']
-        if entry.requires_python is not None:
-            # PEP 503: "<" and ">" in the specifier must be HTML-escaped.
-            attrs.append(f'data-requires-python="{html.escape(entry.requires_python)}"')
-        if entry.metadata_sha256 is not None:
-            # PEP 714 name plus the PEP 658 name, which pip before 23.2 still reads in HTML.
-            value = f"sha256={entry.metadata_sha256}"
-            attrs.append(f'data-core-metadata="{value}"')
-            attrs.append(f'data-dist-info-metadata="{value}"')
-        if entry.yanked is not None:
-            attrs.append(f'data-yanked="{html.escape(entry.yanked)}"')  # PEP 592
-        lines.append(f"    <a {' '.join(attrs)}>{html.escape(entry.filename)}</a><br>")
+    for filename, _, attrs in entries:
+        lines.append(f"    <a {' '.join(attrs)}>{html.escape(filename)}</a><br>")
     lines += ["  </body>", "</html>", ""]
     return "\n".join(lines).encode("utf-8")
 

@@ -16,14 +16,20 @@ from typing import Any
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from bot import __version__, feedstock, gate, propose, registry
+from bot import __version__, feedstock, gate, index, propose, registry
 from bot.build.provenance import BuilderInfo, Requirement, statement
 from bot.build.release import ReleaseBuild, build_release
 from bot.build.sandbox import Sandbox, SandboxUnavailable, find_sandbox
 from bot.build.targets import find_pythons, host_interpreter, upstream_coverage
 from bot.builder import BUILDER
 from bot.context import Bot, Summary
-from bot.errors import ProjectNotFound, SourceRefused, UpstreamError, WheelstockError
+from bot.errors import (
+    ProjectNotFound,
+    PublishError,
+    SourceRefused,
+    UpstreamError,
+    WheelstockError,
+)
 from bot.feedstock import FEEDSTOCK_FILE, Feedstock, Source
 from bot.forge import Forge
 from bot.fsutil import sha256_file
@@ -669,14 +675,17 @@ def affected_by(bot: Bot, entries: tuple[Entry, ...]) -> Callable[[str], tuple[s
     return affected
 
 
-def watch_upstream(bot: Bot, entries: list[Entry]) -> dict[str, ProjectPage | str]:
+def watch_upstream(
+    bot: Bot, entries: list[Entry]
+) -> tuple[dict[str, ProjectPage | str], dict[str, ProjectPage]]:
     """Check the entries' pages upstream, concurrently and conditionally (ETag/Last-Modified).
 
     Returns the page to work from (fresh, or the stored one when upstream answered 304), or
-    the one-line reason why there is none. Every outcome is recorded in state.
+    the one-line reason why there is none; and, apart, the pages upstream sent anew. Every
+    outcome is recorded in state.
     """
     if not entries:
-        return {}
+        return {}, {}
     known = bot.state.validators(bot.upstream.index_url)
     items = [(e.project, known.get(e.name)) for e in entries]
 
@@ -693,9 +702,11 @@ def watch_upstream(bot: Bot, entries: list[Entry]) -> dict[str, ProjectPage | st
     )
     bot.state.record_checks(checks)
     pages: dict[str, ProjectPage | str] = {}
+    fresh: dict[str, ProjectPage] = {}
     for checked in checks:
         if checked.page is not None:
             pages[checked.name] = checked.page
+            fresh[checked.name] = checked.page
         elif checked.status == "unchanged":
             cached = bot.state.cached_page(checked.name, bot.upstream.index_url)
             pages[checked.name] = cached or "upstream answered 304 but no page is stored"
@@ -707,7 +718,23 @@ def watch_upstream(bot: Bot, entries: list[Entry]) -> dict[str, ProjectPage | st
         f"{counts['unchanged']} unchanged (304), "
         f"{counts['failed'] + counts['missing']} failed"
     )
-    return pages
+    return pages, fresh
+
+
+def mirror_upstream(bot: Bot, fresh: Mapping[str, ProjectPage]) -> None:
+    """Put upstream's files, and their yanks, on our pages of the projects whose page changed.
+
+    Only pages upstream sent anew are touched: a tick where nothing moved rewrites nothing.
+    """
+    if not fresh:
+        return
+    try:
+        said = index.refresh(bot.state.index_dir, {n: p.files for n, p in fresh.items()})
+    except PublishError as exc:
+        bot.echo(f"error: index: {exc}")
+        return
+    for line in said:
+        bot.echo(f"index: {line}")
 
 
 def sync_all(bot: Bot, entries: tuple[Entry, ...], summary: Summary) -> None:
@@ -726,7 +753,8 @@ def sync_all(bot: Bot, entries: tuple[Entry, ...], summary: Summary) -> None:
             )
         else:
             due.append(entry)
-    pages = watch_upstream(bot, due)
+    pages, fresh = watch_upstream(bot, due)
+    mirror_upstream(bot, fresh)
     for entry in due:
         attempt = attempts.get(entry.name)
         try:
