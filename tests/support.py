@@ -212,6 +212,14 @@ class UpstreamServer:
             self._projects[name] = [*entries, entry]
         return self.file_url(name, entry.filename)
 
+    def remove_file(self, project: str, filename: str) -> None:
+        """Delete a file from project's page, as an upstream index deletes a release."""
+        name = canonicalize_name(project)
+        with self._lock:
+            self._projects[name] = [
+                e for e in self._projects.get(name, []) if e.filename != filename
+            ]
+
     def misbehave(self, project: str, *faults: Fault, forever: bool = False) -> None:
         """Answer the project's page with these faults, one per request, then normally.
 
@@ -381,9 +389,19 @@ def _make_handler(owner: UpstreamServer) -> type[BaseHTTPRequestHandler]:
                 owner.connections += 1
                 self.connection_number = owner.connections
 
+        head_only = False
+
+        def do_HEAD(self) -> None:
+            # Installers ask for a file's size first (uv does, for range requests).
+            self.head_only = True
+            try:
+                self.do_GET()
+            finally:
+                self.head_only = False  # the connection may carry a GET next
+
         def do_GET(self) -> None:
             seen = Seen(
-                method="GET",
+                method="HEAD" if self.head_only else "GET",
                 path=self.path,
                 headers={key.lower(): value for key, value in self.headers.items()},
                 at=time.monotonic(),
@@ -444,7 +462,8 @@ def _make_handler(owner: UpstreamServer) -> type[BaseHTTPRequestHandler]:
                     self.send_header("Content-Length", str(len(body)))
                 self.send_header("Vary", "Accept")
                 self.end_headers()
-                self.wfile.write(body)
+                if not self.head_only:
+                    self.wfile.write(body)
             except OSError:
                 # The client gave up (a hang longer than its timeout).
                 self.close_connection = True

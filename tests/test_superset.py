@@ -1,0 +1,244 @@
+"""Our pages are a superset of upstream's, and upstream's yanks and deletions reach our wheels."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot import index, serve
+from bot.index import DELETED_UPSTREAM, IndexedFile, UpstreamEntry, propagate_yanks
+from bot.upstream import DistFile
+
+from conftest import Workspace
+from projects import assemble_wheel, fixture_sdist
+
+SHA = "a" * 64
+OTHER = "b" * 64
+
+
+def dist(filename: str, *, yanked: str | None = None, sha256: str | None = SHA) -> DistFile:
+    return DistFile(
+        filename=filename,
+        url=f"https://upstream.invalid/files/{filename}",
+        sha256=sha256,
+        requires_python=">=3.8",
+        yanked=yanked,
+        upload_time=datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
+        size=123,
+        core_metadata=f"sha256={OTHER}" if filename.endswith(".whl") else None,
+    )
+
+
+def ours(filename: str, yanked: str | None = None) -> IndexedFile:
+    return IndexedFile(filename, SHA, 10, None, "2024-06-01T00:00:00.000000Z", OTHER, yanked)
+
+
+def upstream(*dists: DistFile) -> list[UpstreamEntry]:
+    return [UpstreamEntry.from_dist(d) for d in dists]
+
+
+WHEEL = "demo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"
+
+
+@pytest.mark.parametrize(
+    ("theirs", "expected"),
+    [
+        pytest.param([dist("demo-1.0.tar.gz")], None, id="sdist-there"),
+        pytest.param([dist("demo-1.0.tar.gz", yanked="broken")], "broken", id="sdist-yanked"),
+        pytest.param([dist("demo-1.0.tar.gz", yanked="")], "", id="yanked-without-reason"),
+        pytest.param(
+            [dist("demo-1.0.tar.gz", yanked="old"), dist("demo-1.0.zip")], None, id="one-of-two"
+        ),
+        pytest.param([dist("demo-2.0.tar.gz")], DELETED_UPSTREAM, id="release-deleted"),
+        pytest.param([], DELETED_UPSTREAM, id="every-file-deleted"),
+        pytest.param(
+            [dist("demo-1.0-py3-none-any.whl")], DELETED_UPSTREAM, id="only-its-sdist-deleted"
+        ),
+        pytest.param(
+            [dist("demo-1.0-py3-none-any.whl", yanked="bad wheel")],
+            "bad wheel",
+            id="release-of-wheels-yanked",
+        ),
+        pytest.param([dist("demo-1.0.0.tar.gz")], None, id="same-version-other-spelling"),
+    ],
+)
+def test_propagate_yanks(theirs: list[DistFile], expected: str | None) -> None:
+    (result,) = propagate_yanks([ours(WHEEL)], upstream(*theirs))
+    assert result.yanked == expected
+
+
+def test_unyank_upstream_clears_ours() -> None:
+    (result,) = propagate_yanks([ours(WHEEL, yanked="broken")], upstream(dist("demo-1.0.tar.gz")))
+    assert result.yanked is None
+
+
+def page(root: Path, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((root / "simple" / name / "index.json").read_text())
+    return data
+
+
+def test_refresh_writes_a_superset_page_and_keeps_our_files_apart(tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    wheel = assemble_wheel(tmp_path / "w", "demo", "1.0", tag="cp311-cp311-linux_x86_64")
+    index.publish(root, "demo", [wheel])
+    theirs = [
+        dist("demo-0.9.tar.gz"),
+        dist("demo-1.0.tar.gz"),
+        dist("demo-1.0-py3-none-any.whl", sha256=None),
+        # Upstream later serving a file with our name: ours stays, once.
+        dist(wheel.name),
+    ]
+    assert index.refresh(root, {"demo": theirs}) == []
+    files = {f["filename"]: f for f in page(root, "demo")["files"]}
+    assert sorted(files) == sorted(
+        ["demo-0.9.tar.gz", "demo-1.0.tar.gz", "demo-1.0-py3-none-any.whl", wheel.name]
+    )
+    assert files[wheel.name]["url"] == f"../../files/demo/{wheel.name}"
+    sdist = files["demo-1.0.tar.gz"]
+    assert sdist == {
+        "filename": "demo-1.0.tar.gz",
+        "url": "https://upstream.invalid/files/demo-1.0.tar.gz",
+        "hashes": {"sha256": SHA},
+        "requires-python": ">=3.8",
+        "size": 123,
+        "upload-time": "2024-05-01T12:00:00.000000Z",
+    }
+    assert files["demo-1.0-py3-none-any.whl"]["hashes"] == {}
+    assert files["demo-1.0-py3-none-any.whl"]["core-metadata"] == {"sha256": OTHER}
+    assert page(root, "demo")["versions"] == ["0.9", "1.0"]
+    html = (root / "simple" / "demo" / "index.html").read_text()
+    assert f'href="https://upstream.invalid/files/demo-1.0.tar.gz#sha256={SHA}"' in html
+    assert f'data-core-metadata="sha256={OTHER}"' in html
+    # What the index calls ours is still only what publish recorded.
+    assert [f.filename for f in index.project_files(root, "demo")] == [wheel.name]
+    # rebuild keeps upstream's entries (it has no network of its own).
+    index.rebuild(root)
+    assert len(page(root, "demo")["files"]) == 4
+
+
+def test_refresh_hosts_enrolled_projects_and_writes_the_root_once(tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    names = [f"p{i}" for i in range(30)]
+    index.refresh(root, {n: [dist(f"{n}-1.0.tar.gz")] for n in names})
+    listed = json.loads((root / "simple" / "index.json").read_text())["projects"]
+    assert [p["name"] for p in listed] == sorted(names)
+    before = (root / "simple" / "index.json").stat().st_mtime_ns
+    # Nothing new: no page, and not the root, is written again.
+    mtimes = {n: (root / "simple" / n / "index.json").stat().st_mtime_ns for n in names}
+    index.refresh(root, {n: [dist(f"{n}-1.0.tar.gz")] for n in names})
+    assert (root / "simple" / "index.json").stat().st_mtime_ns == before
+    assert {n: (root / "simple" / n / "index.json").stat().st_mtime_ns for n in names} == mtimes
+
+
+def test_yank_unyank_and_delete_reach_our_wheel_through_ticks(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    ws = workspace
+    ws.enrol("demo", "alice")
+    sdist = fixture_sdist(tmp_path, "demo", "1.0")
+    ws.upstream.add_file("demo", sdist)
+    assert ws.run("tick").code == 0
+    assert ws.run("review", "approve", "demo", "1.0", "--as", "alice").code == 0
+    root = ws.state / "index"
+
+    def ours() -> dict[str, Any]:
+        (mine,) = [f for f in page(root, "demo")["files"] if f["url"].startswith("../")]
+        return mine
+
+    assert "yanked" not in ours()
+    ws.upstream.add_file("demo", sdist, yanked="security hole")
+    result = ws.run("tick")
+    assert "index: yanked demo-1.0-py3-none-any.whl: security hole" in result.out
+    assert ours()["yanked"] == "security hole"
+    html = (root / "simple" / "demo" / "index.html").read_text()
+    assert 'data-yanked="security hole">demo-1.0-py3-none-any.whl' in html
+
+    ws.upstream.add_file("demo", sdist)  # un-yanked
+    result = ws.run("tick")
+    assert "index: unyanked demo-1.0-py3-none-any.whl" in result.out
+    assert "yanked" not in ours()
+
+    ws.upstream.remove_file("demo", sdist.name)
+    ws.upstream.add_file("demo", fixture_sdist(tmp_path / "2", "demo", "2.0"))
+    ws.run("tick")
+    assert ours()["yanked"] == DELETED_UPSTREAM
+    # Never deleted: the file is still there for hash pins.
+    assert (root / "files" / "demo" / "demo-1.0-py3-none-any.whl").is_file()
+    # A tick where upstream did not change leaves the page alone.
+    stamp = (root / "simple" / "demo" / "index.json").stat().st_mtime_ns
+    ws.run("tick", "--no-build")
+    assert (root / "simple" / "demo" / "index.json").stat().st_mtime_ns == stamp
+
+
+@pytest.fixture
+def served(workspace: Workspace) -> Iterator[str]:
+    server = serve.make_server(workspace.state / "index", "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", UV_NO_CONFIG="1")
+    return env
+
+
+@pytest.mark.slow
+def test_uv_first_index_strategy_sees_upstream_through_our_page(
+    workspace: Workspace, tmp_path: Path, served: str
+) -> None:
+    ws = workspace
+    ws.enrol("demo", "alice")
+    # Upstream: 1.0 as a wheel and an sdist; 1.1 as an sdist only, which we build.
+    ws.upstream.add_file("demo", assemble_wheel(tmp_path / "w10", "demo", "1.0"))
+    ws.upstream.add_file("demo", fixture_sdist(tmp_path / "s10", "demo", "1.0"))
+    ws.upstream.add_file("demo", fixture_sdist(tmp_path / "s11", "demo", "1.1"))
+    assert ws.run("tick").code == 0
+    assert ws.run("review", "approve", "demo", "1.1", "--as", "alice").code == 0
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    env = clean_env()
+    for spec, source in (("demo==1.0", "upstream"), ("demo==1.1", "ours")):
+        venv = tmp_path / f"venv-{spec}"
+        subprocess.run([uv, "venv", "-q", str(venv)], check=True, env=env)
+        # uv's default strategy takes the first index that has the name as the whole truth:
+        # ours, listed as an extra index, comes first.
+        done = subprocess.run(
+            [
+                uv, "pip", "install", "--python", str(venv / "bin" / "python"),
+                "--index-url", ws.upstream.url, "--extra-index-url", served,
+                "--no-cache", spec,
+            ],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        installed = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import demo, sys; print(demo.__file__)"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert installed.returncode == 0, source
+    # pip merges indexes, and sees the same through ours.
+    venv = tmp_path / "venv-pip"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    done = subprocess.run(
+        [
+            str(venv / "bin" / "python"), "-m", "pip", "install", "--no-cache-dir",
+            "--index-url", served, "demo==1.0", "--only-binary", ":all:",
+        ],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
