@@ -13,7 +13,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from bot import __version__, feedstock, gate, index, registry, serve, tick
+from bot import __version__, feedstock, gate, index, nginx, registry, serve, tick
 from bot import graph as graphs
 from bot.build.extract import Limits
 from bot.build.sandbox import ResourceLimits
@@ -283,8 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-graphviz", action="store_true", help="use the built-in layout even if dot exists"
     )
 
-    commands.add_parser(
+    index_cmd = commands.add_parser(
         "index", parents=[common], help="publish approved builds and rewrite the index pages"
+    )
+    index_views = index_cmd.add_subparsers(dest="action", metavar="ACTION")
+    conf = index_views.add_parser(
+        "nginx-conf",
+        parents=[common],
+        help="print the nginx configuration that serves the index tree (PEP 691 negotiation)",
+    )
+    conf.add_argument(
+        "--listen", default="127.0.0.1:8080", help="nginx's listen address (default: %(default)s)"
     )
     srv = commands.add_parser("serve", parents=[common], help="serve the index over HTTP")
     srv.add_argument("--host", default="127.0.0.1")
@@ -526,6 +535,12 @@ def cmd_graph(args: argparse.Namespace, state: State) -> int:
 
 
 def cmd_index(args: argparse.Namespace, state: State) -> int:
+    if getattr(args, "action", None) == "nginx-conf":
+        try:
+            print(nginx.config(state.index_dir, args.listen), end="")
+        except ValueError as exc:
+            raise WheelstockError(str(exc)) from exc
+        return 0
     code = _publish(args, state)
     count = index.rebuild(state.index_dir)
     print(f"index: {count} projects at {state.index_dir / 'simple'}")

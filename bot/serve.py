@@ -11,7 +11,7 @@ import socket
 from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from packaging.utils import canonicalize_name
 
@@ -214,7 +214,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _send_page(self, directory: Path, *, body: bool) -> None:
         accept = ", ".join(self.headers.get_all("Accept", []))
-        content_type = negotiate(accept or None)
+        # PEP 691: a ?format= naming a media type wins over Accept; an unknown one is a 406.
+        # A literal "+" in it is the media type's own, not a form-encoded space.
+        query = urlsplit(self.path).query.replace("+", "%2B")
+        wanted = parse_qs(query).get("format")
+        content_type = negotiate(wanted[0] if wanted else accept or None)
         # Every answer here depends on Accept, so caches must key on it (RFC 9110 12.5.5).
         vary = {"Vary": "Accept"}
         if content_type is None:
