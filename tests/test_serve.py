@@ -134,6 +134,33 @@ def test_root_page_lists_projects(served: Served) -> None:
     assert b'<a href="demo-pkg/">demo-pkg</a>' in html_reply.body
 
 
+@pytest.mark.parametrize(
+    ("query", "status", "content_type"),
+    [
+        (f"format={JSON_V1}", 200, JSON_V1),
+        ("format=application%2Fvnd.pypi.simple.v1%2Bjson", 200, JSON_V1),
+        ("format=text/html", 200, TEXT_HTML),
+        ("format=application/json", 406, None),
+    ],
+)
+def test_format_parameter_wins_over_accept(
+    served: Served, query: str, status: int, content_type: str | None
+) -> None:
+    # PEP 691's ?format=: a plain static host cannot read Accept, a URL it can.
+    accept = HTML_V1 if content_type == JSON_V1 else JSON_V1
+    reply = served.request(f"/simple/demo-pkg/?{query}", Accept=accept)
+    assert reply.status == status
+    if content_type is not None:
+        assert reply.headers["Content-Type"] == content_type
+
+
+def test_hidden_files_are_never_served(served: Served) -> None:
+    (served.root / ".index.lock").write_text("")
+    (served.root / "files" / "demo-pkg" / ".partial.tmp").write_text("x")
+    assert served.request("/.index.lock").status == 404
+    assert served.request("/files/demo-pkg/.partial.tmp").status == 404
+
+
 def test_nothing_acceptable_is_406(served: Served) -> None:
     reply = served.request("/simple/demo-pkg/", Accept="application/json")
     assert reply.status == 406
