@@ -13,7 +13,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from bot import __version__, feedstock, gate, index, nginx, registry, serve, tick
+from bot import __version__, feedstock, gate, index, nginx, registry, serve, signing, tick
 from bot import graph as graphs
 from bot.build.extract import Limits
 from bot.build.sandbox import ResourceLimits
@@ -295,6 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument(
         "--listen", default="127.0.0.1:8080", help="nginx's listen address (default: %(default)s)"
     )
+    index_views.add_parser(
+        "key", parents=[common], help="print the public key that signs the index's provenance"
+    )
+    check = commands.add_parser(
+        "verify", help="check a wheel against the signed provenance its index publishes"
+    )
+    check.add_argument("target", metavar="WHEEL_OR_URL", help="a wheel file or its URL")
+    check.add_argument("--index", metavar="URL", help="the index's /simple/ URL")
+    check.add_argument(
+        "--key", type=Path, metavar="FILE", help="the index's public key (`wheelstock index key`)"
+    )
     srv = commands.add_parser("serve", parents=[common], help="serve the index over HTTP")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=_port, default=8080)
@@ -534,7 +545,23 @@ def cmd_graph(args: argparse.Namespace, state: State) -> int:
     return 1 if summary.errors else 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    with make_client() as client:
+        checked = signing.verify(
+            args.target, client=client, index_url=args.index, key_file=args.key
+        )
+    for line in checked.lines():
+        print(line)
+    return 0
+
+
 def cmd_index(args: argparse.Namespace, state: State) -> int:
+    if getattr(args, "action", None) == "key":
+        key = signing.load_or_create_key(state.root)
+        signing.publish_public_key(state.index_dir, key)
+        print(signing.public_pem(key).decode(), end="")
+        print(f"key id (sha256 of the public key): {signing.key_id(key)}", file=sys.stderr)
+        return 0
     if getattr(args, "action", None) == "nginx-conf":
         try:
             print(nginx.config(state.index_dir, args.listen), end="")
@@ -576,6 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_registry(args, None)
         if args.command == "build" and args.feedstock is not None:
             return build_checkout(args)
+        if args.command == "verify":
+            return cmd_verify(args)
         state = _state(args)
         return COMMANDS[args.command](args, state)
     except WheelstockError as exc:

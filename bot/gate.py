@@ -14,7 +14,7 @@ from typing import Any
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from bot import index
+from bot import index, signing
 from bot.build import provenance as statements
 from bot.errors import BuildError, GateError, PublishError, UpstreamError
 from bot.fsutil import atomic_write_text, sha256_file
@@ -254,6 +254,25 @@ class Outcome:
         return f"published {what}: {', '.join(f.filename for f in self.files)}"
 
 
+def signed_provenance(
+    state: State, build: Build, wheels: Sequence[Path], approved: Mapping[str, Any]
+) -> dict[str, bytes]:
+    """Each wheel's publication statement (provenance plus approval), signed by the index key.
+
+    The public key goes to its fixed place in the tree first, so a page never links a
+    document nobody could check.
+    """
+    key = signing.load_or_create_key(state.root)
+    signing.publish_public_key(state.index_dir, key)
+    provenance = _read_provenance(build)
+    documents = {}
+    for wheel in wheels:
+        statement = signing.publication(wheel.name, sha256_file(wheel), provenance, approved)
+        envelope = signing.sign(statement, key)
+        documents[wheel.name] = (json.dumps(envelope, indent=2) + "\n").encode()
+    return documents
+
+
 def publish_approved(state: State, upstream_files: UpstreamFiles | None = None) -> list[Outcome]:
     """Promote every approved build into the index; the gate is checked again first.
 
@@ -265,14 +284,19 @@ def publish_approved(state: State, upstream_files: UpstreamFiles | None = None) 
         wheels = [Path(w) for w in build.wheels]
         try:
             check_build(build)
-            check_approval(build)
+            approved = check_approval(build)
             if upstream_files is not None:
                 # A filename upstream serves is upstream's (DESIGN, trust rules): pip would
                 # see two files under one name with different bytes.
                 taken = set(upstream_files(build.project)) & {w.name for w in wheels}
                 if taken:
                     raise PublishError(f"upstream already serves {', '.join(sorted(taken))}")
-            files = index.publish(state.index_dir, build.project, wheels)
+            files = index.publish(
+                state.index_dir,
+                build.project,
+                wheels,
+                provenance=signed_provenance(state, build, wheels, approved),
+            )
         except UpstreamError as exc:
             outcomes.append(Outcome(build, error=f"upstream could not be asked: {exc}"))
             continue

@@ -44,6 +44,9 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # A METADATA file is a few KiB; refuse to inflate anything absurd out of an untrusted zip.
 _MAX_METADATA_BYTES = 16 * 1024 * 1024
 _LOCK_NAME = ".index.lock"
+# The JSON key and HTML attribute that link a file's signed provenance (documented, ours).
+PROVENANCE_KEY = "wheelstock-provenance"
+PROVENANCE_SUFFIX = ".provenance.json"
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class IndexedFile:
     upload_time: str
     metadata_sha256: str | None
     yanked: str | None = None
+    # A signed provenance document sits beside the file (<file>.provenance.json).
+    provenance: bool = False
 
     def to_json(self, project: str) -> dict[str, Any]:
         """The PEP 691 JSON file entry, keys in a fixed order so pages are byte-stable."""
@@ -75,6 +80,10 @@ class IndexedFile:
         if self.yanked is not None:
             # PEP 592/691: a reason must be non-empty, so an empty reason is plain `true`.
             entry["yanked"] = self.yanked or True
+        if self.provenance:
+            # Our own key, not PEP 740's "provenance": that one must point to a PEP 740
+            # attestation bundle, and ours is a DSSE envelope signed with the index's key.
+            entry[PROVENANCE_KEY] = _file_url(project, self.filename + PROVENANCE_SUFFIX)
         return entry
 
     @classmethod
@@ -102,7 +111,17 @@ class IndexedFile:
             yanked = None
         else:
             yanked = _as_str(yanked_raw, f"{where}.yanked")
-        return cls(filename, sha256, size, requires_python, upload_time, metadata_sha256, yanked)
+        provenance = isinstance(obj.get(PROVENANCE_KEY), str)
+        return cls(
+            filename,
+            sha256,
+            size,
+            requires_python,
+            upload_time,
+            metadata_sha256,
+            yanked,
+            provenance,
+        )
 
 
 class _Dist(Protocol):
@@ -278,9 +297,18 @@ class _Wheel:
 
 
 def publish(
-    root: Path, project: str, files: Sequence[Path], *, now: datetime | None = None
+    root: Path,
+    project: str,
+    files: Sequence[Path],
+    *,
+    now: datetime | None = None,
+    provenance: Mapping[str, bytes] | None = None,
 ) -> list[IndexedFile]:
-    """Add wheels to `project`, rewriting only its pages and the root list; returns entries."""
+    """Add wheels to `project`, rewriting only its pages and the root list; returns entries.
+
+    ``provenance`` maps a wheel's filename to its signed provenance document, written beside
+    the wheel before any page links it.
+    """
     name = _project_name(project)
     if not files:
         raise PublishError(f"nothing to publish for {name}")
@@ -317,6 +345,9 @@ def publish(
                 _copy_atomic(wheel.path, dest, wheel.sha256)
             # PEP 658: the metadata file sits at the file's URL plus ".metadata".
             _write_if_changed(_metadata_path(dest), wheel.metadata)
+            signed = (provenance or {}).get(wheel.filename)
+            if signed is not None:
+                _write_if_changed(dest.with_name(dest.name + PROVENANCE_SUFFIX), signed)
             entry = listed.get(wheel.filename)
             if entry is None:
                 entry = IndexedFile(
@@ -326,7 +357,11 @@ def publish(
                     requires_python=wheel.requires_python,
                     upload_time=stamp,
                     metadata_sha256=_sha256_bytes(wheel.metadata),
+                    provenance=signed is not None,
                 )
+                listed[wheel.filename] = entry
+            elif signed is not None and not entry.provenance:
+                entry = replace(entry, provenance=True)
                 listed[wheel.filename] = entry
             result.append(entry)
         # Files first, then pages: a page never links to a file that is not there yet.
@@ -494,15 +529,7 @@ def _plan_rebuild(
             raise PublishError(f"files/{name}/{filename} differs from its listed sha256")
         metadata_sha256 = _sha256_bytes(wheel.metadata)
         if known.metadata_sha256 != metadata_sha256:
-            known = IndexedFile(
-                known.filename,
-                known.sha256,
-                known.size,
-                known.requires_python,
-                known.upload_time,
-                metadata_sha256,
-                known.yanked,
-            )
+            known = replace(known, metadata_sha256=metadata_sha256)
         entries.append(known)
         metadata_files.append((_metadata_path(path), wheel.metadata))
     return entries, metadata_files
@@ -631,6 +658,9 @@ def _our_html_attributes(name: str, entry: IndexedFile) -> list[str]:
         attrs.append(f'data-dist-info-metadata="{value}"')
     if entry.yanked is not None:
         attrs.append(f'data-yanked="{html.escape(entry.yanked)}"')  # PEP 592
+    if entry.provenance:
+        url = _file_url(name, entry.filename + PROVENANCE_SUFFIX)
+        attrs.append(f'data-{PROVENANCE_KEY}="{html.escape(url)}"')
     return attrs
 
 

@@ -78,6 +78,11 @@ server {{
         types {{ }}
         default_type application/octet-stream;
     }}
+    # The public key that signs each wheel's provenance document.
+    location /keys/ {{
+        types {{ }}
+        default_type application/x-pem-file;
+    }}
     location / {{
         return 404;
     }}

@@ -190,6 +190,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._route_simple(parts[1:], body=body)
         elif parts[0] == "files" and len(parts) > 1 and all(parts[1:]):
             self._send_file(parts[1:], body=body)
+        elif parts[0] == "keys" and len(parts) > 1 and all(parts[1:]):
+            # The public key that signs the provenance documents (bot.signing).
+            self._send_file(parts[1:], body=body, folder="keys")
         else:
             self._send_text(HTTPStatus.NOT_FOUND, "not found\n", body=body)
 
@@ -239,8 +242,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if body:
             self.wfile.write(data)
 
-    def _send_file(self, parts: list[str], *, body: bool) -> None:
-        base = self._index.root / "files"
+    def _send_file(self, parts: list[str], *, body: bool, folder: str = "files") -> None:
+        base = self._index.root / folder
         if any(part.startswith(".") for part in parts):
             # Temp files of an in-flight atomic write are never part of the index.
             self._send_text(HTTPStatus.NOT_FOUND, "not found\n", body=body)
