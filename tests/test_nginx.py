@@ -134,6 +134,11 @@ def test_format_parameter_wins_and_hidden_files_are_not_served(published: Publis
     assert wheel.status_code == 200
     metadata = httpx.get(httpx.URL(url).join(ours["url"] + ".metadata"))
     assert metadata.status_code == 200 and b"Name: demo" in metadata.content
+    # The signed provenance beside the wheel, and the key that checks it.
+    signed = httpx.get(httpx.URL(url).join(ours["wheelstock-provenance"]))
+    assert signed.status_code == 200 and signed.json()["payloadType"]
+    key = httpx.get(root + "keys/ed25519.pub")
+    assert key.status_code == 200 and key.text.startswith("-----BEGIN PUBLIC KEY-----")
 
 
 def test_curl_with_each_accept_header(published: Published) -> None:
