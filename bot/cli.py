@@ -298,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     index_views.add_parser(
         "key", parents=[common], help="print the public key that signs the index's provenance"
     )
+    index_views.add_parser(
+        "verify",
+        parents=[common],
+        help="check the tree: files, sizes, sha256, .metadata, pages and their twins, strays",
+    )
     check = commands.add_parser(
         "verify", help="check a wheel against the signed provenance its index publishes"
     )
@@ -556,6 +561,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace, state: State) -> int:
+    if args.action == "verify":
+        report = index.verify_tree(state.index_dir)
+        for line in report.problems:
+            print(line)
+        found = len(report.problems)
+        counts = f"index: {report.projects} projects, {report.files} files"
+        print(f"{counts}: {found} problem{'s' * (found != 1)}" if found else f"{counts}: ok")
+        return 1 if found else 0
     if getattr(args, "action", None) == "key":
         key = signing.load_or_create_key(state.root)
         signing.publish_public_key(state.index_dir, key)
