@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
-from packaging.version import InvalidVersion, Version
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from bot import __version__, feedstock, gate, index, propose, registry
 from bot.build.provenance import BuilderInfo, Requirement, statement
@@ -265,16 +265,12 @@ def wanted_pythons(entry: Entry | None) -> tuple[str, ...]:
 def upstream_wheels(page: ProjectPage, version: str) -> list[str]:
     """Filenames of the wheels upstream serves for ``version`` and has not yanked."""
     wanted = Version(version)
-    names = []
-    for dist in page.files:
-        if not dist.filename.endswith(".whl") or dist.yanked:
-            continue
-        try:
-            if parse_wheel_filename(dist.filename)[1] == wanted:
-                names.append(dist.filename)
-        except (InvalidWheelFilename, InvalidVersion):
-            continue
-    return names
+    # A yank with an empty reason is still a yank (PEP 592): "" is not None.
+    return [
+        dist.filename
+        for dist in page.files
+        if dist.is_wheel and dist.yanked is None and dist.version == wanted
+    ]
 
 
 def fetch_and_build(
