@@ -7,6 +7,7 @@ import email.utils
 import hashlib
 import html
 import json
+import os
 import shutil
 import threading
 import time
@@ -473,3 +474,10 @@ def _make_handler(owner: UpstreamServer) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for installers: no pip or uv configuration of this machine leaks in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", UV_NO_CONFIG="1")
+    return env

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 from bot import index, serve
 
 from projects import assemble_wheel, fixture_sdist
-from support import UpstreamServer
+from support import UpstreamServer, clean_env
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +27,6 @@ class Indexes:
     ours: str
     tmp: Path
 
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", UV_NO_CONFIG="1")
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -18,19 +17,12 @@ from bot import serve
 
 from conftest import Workspace
 from projects import fixture_sdist
+from support import clean_env
 
 pytestmark = pytest.mark.slow
 
 NAME = "wsfixture"
 
-
-def clean_env() -> dict[str, str]:
-    """The environment for installers: no pip or uv configuration of this machine leaks in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
-    env["PIP_CONFIG_FILE"] = os.devnull
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    env["UV_NO_CONFIG"] = "1"
-    return env
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from bot.cli import main
 
 from conftest import Workspace
 from projects import assemble_wheel, fixture_sdist
+from support import clean_env
 
 pytestmark = [
     pytest.mark.slow,
@@ -153,11 +154,6 @@ def test_curl_with_each_accept_header(published: Published) -> None:
         )  # fmt: skip
         assert done.stdout.startswith(expected)
 
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", UV_NO_CONFIG="1")
-    return env
 
 
 def installed_version(venv: Path) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from bot.upstream import DistFile
 
 from conftest import Workspace
 from projects import assemble_wheel, fixture_sdist
+from support import clean_env
 
 SHA = "a" * 64
 OTHER = "b" * 64
@@ -192,11 +192,6 @@ def served(workspace: Workspace) -> Iterator[str]:
         server.shutdown()
         server.server_close()
 
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", UV_NO_CONFIG="1")
-    return env
 
 
 @pytest.mark.slow
