@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -14,28 +15,68 @@ CHUNK = 1 << 20
 
 
 @contextlib.contextmanager
-def atomic_target(path: Path) -> Iterator[IO[bytes]]:
+def atomic_target(path: Path, *, durable: bool = True) -> Iterator[IO[bytes]]:
     """Yield a temp file beside ``path``; on success fsync it and rename it over ``path``.
 
     Readers see the old file or the new one, never a part; on any error the temp file is removed.
+    ``durable=False`` skips both fsyncs, for a bulk write that ends with `sync_filesystem`:
+    the rename is as atomic for readers and for a killed writer, only not yet on disk.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    directory, name = os.path.split(os.fspath(path))
     # Same directory, so os.replace is an atomic rename on one filesystem; the leading dot
     # keeps half-written files out of directory scans.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
+    prefix, where = f".{name}.", directory or "."
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=where)
+    except FileNotFoundError:  # the directory first, only when it is missing
+        os.makedirs(where, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=where)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp makes 0600 files; a static web server running as another user must read them.
-        tmp.chmod(0o644)
+            # mkstemp makes 0600 files; a static web server running as another user reads them.
+            os.fchmod(handle.fileno(), 0o644)
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Write back everything dirty on the filesystem that holds ``path`` (syncfs(2)).
+
+    One write-back at the end of a bulk write instead of a wait per file: 50,000 pages each
+    fsynced with their directory took half of a full index write (benchmarks/index.py).
+    Falls back to sync(2) where syncfs cannot be called.
+    """
+    syncfs = _libc_syncfs()
+    if syncfs is not None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    os.sync()
+
+
+@functools.cache
+def _libc_syncfs() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        # The process's own symbols, libc's among them: no library search (and no subprocess).
+        libc = ctypes.CDLL(None, use_errno=True)
+        function: Callable[[int], int] = libc.syncfs
+    except (ImportError, OSError, AttributeError):  # pragma: no cover - not Linux
+        return None
+    return function
 
 
 def _fsync_dir(directory: Path) -> None:
