@@ -8,6 +8,7 @@ import zipfile
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin
 
 import pytest
@@ -413,3 +414,64 @@ def test_a_corrupt_project_page_is_reported_with_its_key_path(root: Path, wheels
     page_path.write_text("{", "utf-8")
     with pytest.raises(PublishError, match="not valid JSON"):
         publish(root, "demo", [assemble_wheel(wheels, "demo", "2.0")], now=NOW)
+
+
+def root_pages(root: Path) -> tuple[bytes, bytes]:
+    return (root / "simple" / "index.json").read_bytes(), (root / "simple" / "index.html").read_bytes()
+
+
+def test_a_new_project_is_spliced_into_the_root_pages_as_a_full_render_lists_it(
+    root: Path, wheels: Path
+) -> None:
+    # Before, between and after the names already listed, and one whose name sorts first.
+    order = ["mid", "zeta", "alpha", "mid-2", "a0", "zz", "beta"]
+    for i, name in enumerate(order, 1):
+        publish(root, name, [assemble_wheel(wheels, name.replace("-", "_"), "1.0")], now=NOW)
+        spliced = root_pages(root)
+        listing = json.loads(spliced[0])
+        assert [p["name"] for p in listing["projects"]] == sorted(order[:i])
+        anchors = parse_html(root / "simple" / "index.html").anchors
+        assert [text for _, text in anchors] == sorted(order[:i])
+        rebuild(root)  # renders the root pages from the project directories, in full
+        assert root_pages(root) == spliced
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda json_page, html_page: (json_page, b""), id="html-emptied"),
+        pytest.param(
+            lambda json_page, html_page: (
+                json.dumps(json.loads(json_page), indent=2).encode(),  # an older layout
+                html_page,
+            ),
+            id="json-indented",
+        ),
+        pytest.param(
+            lambda json_page, html_page: (
+                json_page,
+                html_page.replace(b'    <a href="beta/">beta</a><br>\n', b""),
+            ),
+            id="html-lacks-one",
+        ),
+        pytest.param(
+            lambda json_page, html_page: (json_page.replace(b'"beta"', b"7"), html_page),
+            id="json-name-not-a-string",
+        ),
+    ],
+)
+def test_root_pages_that_cannot_take_a_splice_are_listed_again_in_full(
+    root: Path, wheels: Path, damage: Any
+) -> None:
+    for name in ("alpha", "beta", "delta"):
+        publish(root, name, [assemble_wheel(wheels, name, "1.0")], now=NOW)
+    json_page, html_page = damage(*root_pages(root))
+    (root / "simple" / "index.json").write_bytes(json_page)
+    (root / "simple" / "index.html").write_bytes(html_page)
+
+    publish(root, "gamma", [assemble_wheel(wheels, "gamma", "1.0")], now=NOW)
+    spliced = root_pages(root)
+    listing = json.loads(spliced[0])
+    assert [p["name"] for p in listing["projects"]] == ["alpha", "beta", "delta", "gamma"]
+    rebuild(root)
+    assert root_pages(root) == spliced

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -238,3 +239,56 @@ def test_uv_first_index_strategy_sees_upstream_through_our_page(
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_bulk_write_syncs_once_with_its_journal_still_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "index"
+    fsyncs: list[int] = []
+    syncs: list[bool] = []
+    real_fsync, real_sync = os.fsync, index.sync_filesystem
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+
+    def sync(path: Path) -> None:
+        syncs.append((root / ".index.journal").exists())
+        real_sync(path)
+
+    monkeypatch.setattr(index, "sync_filesystem", sync)
+    index.refresh(root, {f"p{i}": [dist(f"p{i}-1.0.tar.gz")] for i in range(40)})
+    # 82 pages and not one fsync each: the journal's (file and directory), then one syncfs
+    # while the journal still says what to finish if the machine stops before it.
+    assert len(fsyncs) <= 2
+    assert syncs == [True]
+    assert not (root / ".index.journal").exists()
+    assert len(list((root / "simple").glob("*/index.html"))) == 40
+
+    # A publish is a few files: each is made durable as it is written, no syncfs.
+    fsyncs.clear()
+    wheel = assemble_wheel(tmp_path / "in", "p1", "1.0", tag="cp311-cp311-linux_x86_64")
+    index.publish(root, "p1", [wheel])
+    assert syncs == [True]
+    assert len(fsyncs) >= 4  # the wheel, its .metadata, two pages (and the journal)
+
+
+@pytest.mark.parametrize(
+    ("filename", "version"),
+    [
+        ("demo-1.0.tar.gz", "1.0"),
+        ("demo-1.0.zip", "1.0"),
+        ("old-style-name-2.0rc1.tar.gz", "2.0rc1"),  # an sdist from before PEP 625
+        ("demo-1.0-py3-none-any.whl", "1.0"),
+        ("demo-1.0-1-cp311-cp311-linux_x86_64.whl", "1.0"),  # a build tag
+        ("demo-01.00.post0-py3-none-any.whl", "1.0.post0"),
+        ("demo.tar.gz", None),
+        ("-1.0.tar.gz", None),
+        ("demo-notaversion.tar.gz", None),
+        ("demo-1.0.tar.bz2", None),
+        ("demo-1.0-py3-none.whl", None),
+        ("demo-1.0-1-2-py3-none-any.whl", None),
+        ("README", None),
+    ],
+)
+def test_the_version_a_filename_names(filename: str, version: str | None) -> None:
+    found = index._version_of(filename)
+    assert (None if found is None else str(found)) == version
