@@ -417,7 +417,8 @@ def test_a_corrupt_project_page_is_reported_with_its_key_path(root: Path, wheels
 
 
 def root_pages(root: Path) -> tuple[bytes, bytes]:
-    return (root / "simple" / "index.json").read_bytes(), (root / "simple" / "index.html").read_bytes()
+    simple = root / "simple"
+    return (simple / "index.json").read_bytes(), (simple / "index.html").read_bytes()
 
 
 def test_a_new_project_is_spliced_into_the_root_pages_as_a_full_render_lists_it(

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bot import index, serve
+from bot.errors import PublishError
 from bot.index import DELETED_UPSTREAM, IndexedFile, UpstreamEntry, propagate_yanks
 from bot.upstream import DistFile
 
@@ -292,3 +293,20 @@ def test_a_bulk_write_syncs_once_with_its_journal_still_there(
 def test_the_version_a_filename_names(filename: str, version: str | None) -> None:
     found = index._version_of(filename)
     assert (None if found is None else str(found)) == version
+
+
+def test_a_page_that_cannot_be_written_fails_the_bulk_write_and_the_next_one_heals(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "index"
+    pages = {f"p{i:02d}": [dist(f"p{i:02d}-1.0.tar.gz")] for i in range(40)}
+    blocked = root / "simple" / "p17" / "index.html"
+    (blocked / "in-the-way").mkdir(parents=True)  # a directory where the page goes
+    with pytest.raises(PublishError, match=r"cannot write .*p17/index\.html"):
+        index.refresh(root, pages)
+    # The writer threads stopped with it; the journal says what the next writer finishes.
+    assert (root / ".index.journal").exists()
+    shutil.rmtree(blocked)
+    index.refresh(root, pages)
+    assert index.verify(root) == []
+    assert not (root / ".index.journal").exists()
