@@ -11,9 +11,7 @@ import json
 import os
 import re
 import zipfile
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -461,7 +459,7 @@ def refresh(root: Path, pages: Mapping[str, Sequence[_Dist]]) -> list[str]:
     line for each of our files whose yank state changed.
     """
     said: list[str] = []
-    with _locked(root), _bulk() as out:
+    with _locked(root):
         _begin(root, {_project_name(project): [] for project in pages})
         created = False
         for project, dists in pages.items():
@@ -478,11 +476,9 @@ def refresh(root: Path, pages: Mapping[str, Sequence[_Dist]]) -> list[str]:
                         else f"yanked {after.filename}: {after.yanked or 'yanked upstream'}"
                     )
             created |= page is None
-            _write_project_pages(root, name, updated, theirs, out, new=page is None)
-        out.flush()  # the root pages list the project directories: those pages first
+            _write_project_pages(root, name, updated, theirs, durable=False, new=page is None)
         if created:
-            _write_root_pages(root, out=out)
-        out.flush()
+            _write_root_pages(root, durable=False)
         _end(root, synced=True)
     return said
 
@@ -494,18 +490,16 @@ def rebuild(root: Path) -> int:
     files/ that no index.json records is never listed (nothing reaches the index unless it was
     published, DESIGN "Trust rules"). Such files are left alone; `stray_files` reports them.
     """
-    with _locked(root), _bulk() as out:
+    with _locked(root):
         names = _recorded_projects(root)
         # Plan every project before writing any, so a bad file leaves the tree as it was.
         plans = {name: _plan_rebuild(root, name) for name in names}
         _begin(root, {name: [] for name in plans})
         for name, (entries, metadata_files) in plans.items():
             for path, data in metadata_files:
-                out.write(path, data)
-            _write_project_pages(root, name, entries, upstream_files(root, name), out)
-        out.flush()
-        _write_root_pages(root, out=out)
-        out.flush()
+                _write_if_changed(path, data, durable=False)
+            _write_project_pages(root, name, entries, upstream_files(root, name), durable=False)
+        _write_root_pages(root, durable=False)
         _end(root, synced=True)
     return len(plans)
 
@@ -675,8 +669,8 @@ def _write_project_pages(
     name: str,
     entries: Sequence[IndexedFile],
     upstream: Sequence[UpstreamEntry] = (),
-    out: _Out | None = None,
     *,
+    durable: bool = True,
     new: bool = False,
 ) -> None:
     """Write a project's JSON and HTML pages. ``new``: it has none yet, so nothing to compare."""
@@ -697,9 +691,9 @@ def _write_project_pages(
         "versions": _versions([filename for filename, _, _ in merged]),  # PEP 700
     }
     # index.json is the source of truth, so it goes first; index.html renders the same data.
-    out = out or _DURABLE
-    out.write(page_dir / "index.json", _json_bytes(document), compare=not new)
-    out.write(page_dir / "index.html", _project_html(name, merged), compare=not new)
+    write = _write if new else _write_if_changed
+    write(page_dir / "index.json", _json_bytes(document), durable=durable)
+    write(page_dir / "index.html", _project_html(name, merged), durable=durable)
 
 
 def _our_html_attributes(name: str, entry: IndexedFile) -> list[str]:
@@ -778,16 +772,15 @@ def _root_pages(names: Sequence[str]) -> tuple[bytes, bytes]:
     )
 
 
-def _write_root_pages(root: Path, adding: str | None = None, *, out: _Out | None = None) -> None:
-    out = out or _DURABLE
+def _write_root_pages(root: Path, adding: str | None = None, *, durable: bool = True) -> None:
     simple = root / "simple"
     if adding is not None:
         spliced = _root_pages_adding(simple, adding)
         if spliced is not None:
             if spliced:  # changed, surely: no need to read them again to compare
                 document, page = spliced
-                out.write(simple / "index.json", document, compare=False)
-                out.write(simple / "index.html", page, compare=False)
+                _write(simple / "index.json", document, durable=durable)
+                _write(simple / "index.html", page, durable=durable)
             return
     # The root lists every project that has a page; publish() writes that page first.
     names: list[str] = []
@@ -798,8 +791,8 @@ def _write_root_pages(root: Path, adding: str | None = None, *, out: _Out | None
             if child.is_dir() and (child / "index.json").is_file()
         )
     document, page = _root_pages(names)
-    out.write(simple / "index.json", document)
-    out.write(simple / "index.html", page)
+    _write_if_changed(simple / "index.json", document, durable=durable)
+    _write_if_changed(simple / "index.html", page, durable=durable)
 
 
 def _root_json_key(line: bytes) -> str:
@@ -929,62 +922,6 @@ def _write(path: Path, data: bytes, *, durable: bool = True) -> None:
         raise PublishError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-class _Out:
-    """Where a write's pages go: to disk at once, each made durable or (bulk) not."""
-
-    def __init__(self, *, durable: bool) -> None:
-        self.durable = durable
-
-    def write(self, path: Path, data: bytes, *, compare: bool = True) -> None:
-        """Write `data` atomically; ``compare``: leave an identical file alone (its mtime)."""
-        (_write_if_changed if compare else _write)(path, data, durable=self.durable)
-
-    def flush(self) -> None:
-        """Return once every write handed over so far is done (and raise if one failed)."""
-
-
-_DURABLE = _Out(durable=True)
-_UNSYNCED = _Out(durable=False)
-
-
-class _BulkOut(_Out):
-    """A bulk write's pages, written by two threads while the caller renders the next ones.
-
-    File system calls release the GIL, and at 25,000 projects writing the 50,000 pages took
-    longer than rendering them (benchmarks/index.py). Not durable: the bulk write syncs the
-    filesystem once at its end. At most _IN_FLIGHT pages wait, so memory stays bounded.
-    """
-
-    _IN_FLIGHT = 256
-
-    def __init__(self, pool: ThreadPoolExecutor) -> None:
-        super().__init__(durable=False)
-        self._pool = pool
-        self._pending: deque[Future[None]] = deque()
-
-    def write(self, path: Path, data: bytes, *, compare: bool = True) -> None:
-        work = _write_if_changed if compare else _write
-        self._pending.append(self._pool.submit(work, path, data, durable=False))
-        while len(self._pending) > self._IN_FLIGHT:
-            self._pending.popleft().result()
-
-    def flush(self) -> None:
-        while self._pending:
-            self._pending.popleft().result()
-
-
-@contextlib.contextmanager
-def _bulk() -> Iterator[_BulkOut]:
-    # On the way out, error or not, no write of this one is still running or yet to start:
-    # the lock is released right after, and the next writer must find the tree at rest.
-    with ThreadPoolExecutor(2, thread_name_prefix="wheelstock-index") as pool:
-        out = _BulkOut(pool)
-        try:
-            yield out
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _copy_atomic(source: Path, dest: Path, expected_sha256: str) -> None:
     """Copy a wheel into the tree atomically, re-checking its digest on the way."""
     digest = hashlib.sha256()
@@ -1107,14 +1044,14 @@ def _recover(root: Path) -> None:
         _remove_temp_files(files_dir)
         _remove_temp_files(page_dir)
         if (page_dir / "index.json").is_file():
-            _write_project_pages(root, name, ours, theirs, _UNSYNCED)
+            _write_project_pages(root, name, ours, theirs, durable=False)
         else:
             for directory in (files_dir, page_dir):
                 with contextlib.suppress(OSError):
                     directory.rmdir()  # only if empty: the project the write was creating
     if (root / "simple").is_dir():
         _remove_temp_files(root / "simple")
-        _write_root_pages(root, out=_UNSYNCED)
+        _write_root_pages(root, durable=False)
     _remove_temp_files(root)
     _end(root, synced=True)
 

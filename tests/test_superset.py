@@ -304,7 +304,7 @@ def test_a_page_that_cannot_be_written_fails_the_bulk_write_and_the_next_one_hea
     (blocked / "in-the-way").mkdir(parents=True)  # a directory where the page goes
     with pytest.raises(PublishError, match=r"cannot write .*p17/index\.html"):
         index.refresh(root, pages)
-    # The writer threads stopped with it; the journal says what the next writer finishes.
+    # The journal stays: it says what the next writer finishes.
     assert (root / ".index.journal").exists()
     shutil.rmtree(blocked)
     index.refresh(root, pages)
