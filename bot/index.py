@@ -29,7 +29,7 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from bot.errors import PublishError
-from bot.fsutil import CHUNK, atomic_target, file_digest, sync_filesystem
+from bot.fsutil import CHUNK, atomic_target, atomic_write_bytes, file_digest, sync_filesystem
 
 try:  # POSIX only; elsewhere publishes are not serialised between processes.
     import fcntl
@@ -916,8 +916,7 @@ def _write_if_changed(path: Path, data: bytes, *, durable: bool = True) -> None:
 
 def _write(path: Path, data: bytes, *, durable: bool = True) -> None:
     try:
-        with atomic_target(path, durable=durable) as handle:
-            handle.write(data)
+        atomic_write_bytes(path, data, durable=durable)
     except OSError as exc:
         raise PublishError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
