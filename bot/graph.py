@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 import re
 import shutil
 import subprocess
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from xml.sax.saxutils import escape, quoteattr
@@ -21,6 +19,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from bot.errors import WheelstockError
+from bot.gcutil import gc_paused
 
 __all__ = ["KINDS", "Graph", "GraphError", "Requirements", "Target", "build_graph"]
 
@@ -288,7 +287,7 @@ class Graph:
         Run edges do not order builds: a wheel is built from the sdist in an environment that
         holds only [build-system].requires (PEP 517/518), so only those must exist first.
         """
-        with _gc_paused():  # one list per node: see _gc_paused
+        with gc_paused():  # one list per node: see bot.gcutil
             # networkx's own algorithms read _succ too: the views cost ~3x more per edge.
             succ = {
                 u: [v for v, data in nbrs.items() if "build" in data["kinds"]]
@@ -415,22 +414,8 @@ def build_graph(
     rest); `extras` requests extras of projects, as a user installing `project[extra]` would.
     Keys naming projects that are not enrolled are ignored in both.
     """
-    with _gc_paused():
+    with gc_paused():
         return _build_graph(reqs, target, extras)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Building allocates several hundred thousand dicts and tuples and frees no cycles; with
-    # the collector on, its generational passes re-scan that growing heap and took longer
-    # than the build itself (benchmarks/README.md). The previous state is restored.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _build_graph(
