@@ -28,6 +28,23 @@ class PullRequest:
 
 
 @dataclass(frozen=True)
+class Changes:
+    """What changed on a forge since a cursor: the answer to one per-tick question.
+
+    ``projects``: feedstocks whose branches, pull requests or comments changed (pushes by
+    anyone, PRs opened, merged, closed or edited, comments). ``commented``: the numbers of
+    the pull requests that got comments. ``complete`` is False when the forge cannot say
+    (no cursor yet, or one it does not know): then everything counts as changed.
+    ``cursor`` is passed back on the next call; it is opaque to the bot.
+    """
+
+    cursor: str
+    projects: frozenset[str] = frozenset()
+    commented: frozenset[int] = frozenset()
+    complete: bool = True
+
+
+@dataclass(frozen=True)
 class Comment:
     """A comment on a pull request; ``id`` grows with time on every forge."""
 
@@ -89,4 +106,12 @@ class Forge(Protocol):
 
     def comments(self, number: int, *, after: int = 0) -> list[Comment]:
         """Comments on pull request ``number`` with an id above ``after``, oldest first."""
+        ...
+
+    def changes(self, since: str | None) -> Changes:
+        """What changed since ``since`` (a cursor an earlier call returned; None: the start).
+
+        One call per tick, whatever the number of feedstocks: a hosted forge answers it from
+        one paginated, conditional query, the local forge from its own event log.
+        """
         ...
