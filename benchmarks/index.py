@@ -154,7 +154,7 @@ def signed_provenance(wheel: Path, key: Any) -> bytes:
 
 def _load_pages(path: Path) -> dict[str, list[Any]]:
     """The package list as upstream pages: {project: [DistFile, ...]}, as the watch hands them."""
-    from bot.upstream import DistFile
+    from bot.simple import DistFile
 
     pages: dict[str, list[Any]] = {}
     with path.open() as handle:

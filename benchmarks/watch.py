@@ -1,4 +1,4 @@
-"""Benchmark bot.upstream.watch against a simulated upstream: cold, warm (304s), 1% changed."""
+"""Benchmark bot.watch.watch against a simulated upstream: cold, warm (304s), 1% changed."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 from upstream_sim import Simulator, project_name
 
-from bot.upstream import ACCEPT, Checked, Upstream, Validators, make_client, watch
+from bot.simple import ACCEPT
+from bot.upstream import Checked, Upstream, Validators, make_client
+from bot.watch import watch
 
 GOAL_SECONDS = 15.0
 GOAL_RATIO = 10.0

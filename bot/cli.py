@@ -13,8 +13,21 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from bot import __version__, feedstock, gate, index, nginx, registry, serve, signing, tick
+from bot import (
+    __version__,
+    dependencies,
+    feedstock,
+    gate,
+    index,
+    nginx,
+    registry,
+    serve,
+    signing,
+    status,
+    tick,
+)
 from bot import graph as graphs
+from bot.build import stage
 from bot.build.extract import Limits
 from bot.build.sandbox import ResourceLimits
 from bot.build.targets import parse_python_option
@@ -22,8 +35,9 @@ from bot.context import MAX_NEW_PRS, MAX_OPEN_PRS, Bot, Summary
 from bot.errors import BuildError, ProjectNotFound, UpstreamError, WheelstockError
 from bot.forge.local import LocalForge
 from bot.fsutil import atomic_write_text
+from bot.pipconfig import default_index_url
 from bot.state import State
-from bot.upstream import Upstream, default_index_url, make_client
+from bot.upstream import Upstream, make_client
 
 STATE_ENV = "WHEELSTOCK_STATE_DIR"
 
@@ -379,7 +393,7 @@ def build_checkout(args: argparse.Namespace) -> int:
         state = State(Path(scratch) / "state")
         try:
             bot = _bot(args, state)
-            result = tick.fetch_and_build(
+            result = stage.fetch_and_build(
                 bot, fs, Path(scratch) / "downloads", args.out.resolve(), entry
             )
         finally:
@@ -393,7 +407,7 @@ def build_checkout(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace, state: State) -> int:
-    rows = tick.status(state, LocalForge(state.forge_dir), args.registry)
+    rows = status.status(state, LocalForge(state.forge_dir), args.registry)
     print(f"{'project':<24} {'state':<8} {'feedstock':<12} {'open PRs':<8} last build")
     for row in rows:
         print(row.line())
@@ -404,7 +418,7 @@ def cmd_build(args: argparse.Namespace, state: State) -> int:
     bot = _bot(args, state)
     summary = Summary()
     reg = tick.load_registry(bot, summary)
-    tick.build_heads(bot, tick.active(bot, reg, summary), summary)
+    stage.build_heads(bot, tick.active(bot, reg, summary), summary)
     print(f"build: {summary.built} built, {summary.failed} failed, {len(summary.errors)} errors")
     return 1 if summary.errors or summary.failed else 0
 
@@ -499,7 +513,7 @@ def cmd_review(args: argparse.Namespace, state: State) -> int:
 
 
 def _publish(args: argparse.Namespace, state: State) -> int:
-    outcomes = gate.publish_approved(state, tick.upstream_filenames(_upstream(args)))
+    outcomes = gate.publish_approved(state, stage.upstream_filenames(_upstream(args)))
     for outcome in outcomes:
         print(outcome.line(), file=sys.stderr if outcome.error else sys.stdout)
     return 1 if any(o.error for o in outcomes) else 0
@@ -514,7 +528,7 @@ def cmd_graph(args: argparse.Namespace, state: State) -> int:
     bot.echo = lambda line: print(line, file=sys.stderr)  # progress apart from the answer
     summary = Summary()
     reg = tick.load_registry(bot, summary)
-    graph = tick.dependency_graph(bot, reg.entries, summary)
+    graph = dependencies.dependency_graph(bot, reg.entries, summary)
     if args.action == "order":
         waves, broken = graph.build_order()
         for number, wave in enumerate(waves, 1):

@@ -69,6 +69,9 @@ class Summary:
     backing_off: int = 0
     commands: int = 0
     errors: list[str] = field(default_factory=list)
+    # Projects whose sync left work for a later tick (a PR held back by a limit, a release
+    # waiting for its minimum age): synced again next tick even if nothing else moved.
+    unsettled: set[str] = field(default_factory=set)
 
     def line(self) -> str:
         extra = "".join(

@@ -63,3 +63,8 @@ class GateError(WheelstockError):
 
 class PublishError(WheelstockError):
     """Publishing into the index was refused (e.g. a filename with other bytes)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: its message's first line, or its type's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

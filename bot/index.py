@@ -126,7 +126,7 @@ class IndexedFile:
 
 
 class _Dist(Protocol):
-    """What the index needs of a file on upstream's page (bot.upstream.DistFile has it)."""
+    """What the index needs of a file on upstream's page (bot.simple.DistFile has it)."""
 
     @property
     def filename(self) -> str: ...

@@ -31,7 +31,8 @@ from packaging.version import InvalidVersion, Version
 
 from bot.errors import HashMismatch, UpstreamError, UpstreamUnavailable
 from bot.fsutil import atomic_write_text
-from bot.upstream import DistFile, Upstream
+from bot.simple import DistFile
+from bot.upstream import Upstream
 
 __all__ = [
     "LEGACY_BACKEND",

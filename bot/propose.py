@@ -1,19 +1,25 @@
-"""The bot's pull requests on feedstocks: opening them once, superseding, limits, commands."""
+"""The bot's pull requests on feedstocks: version bumps and rerenders opened once, superseding,
+limits, and the comment commands on them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from packaging.version import Version
 
 from bot import feedstock
 from bot.context import Bot, Summary
-from bot.errors import ForgeError, WheelstockError
-from bot.feedstock import FEEDSTOCK_FILE
+from bot.dependencies import Affected, metadata_of
+from bot.errors import ForgeError, SourceRefused, WheelstockError
+from bot.feedstock import FEEDSTOCK_FILE, Feedstock, Source
 from bot.forge import BOT_HANDLE, Comment, PullRequest
+from bot.fsutil import sha256_file
+from bot.metadata import ProjectMetadata
 from bot.prs import (
     COMMANDS,
+    Bump,
     Rerender,
     parse_branch,
     parse_commands,
@@ -21,8 +27,19 @@ from bot.prs import (
     supersessions,
 )
 from bot.registry import Entry
+from bot.simple import DistFile, ProjectPage
+from bot.versions import Release
 
-__all__ = ["Proposal", "answer_commands", "open_proposal", "rerender_feedstock", "settle"]
+__all__ = [
+    "Proposal",
+    "answer_commands",
+    "open_proposal",
+    "propose_bump",
+    "rerender_feedstock",
+    "settle",
+    "source_of",
+    "verify_sdist",
+]
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,7 @@ def open_proposal(bot: Bot, proposal: Proposal, summary: Summary) -> PullRequest
             staying += 1
     if staying >= bot.max_open_prs:
         summary.deferred += 1
+        summary.unsettled.add(name)
         bot.echo(
             f"{name}: {staying} bot PRs already open (limit {bot.max_open_prs}); "
             f"{proposal.title!r} waits"
@@ -102,6 +120,7 @@ def open_proposal(bot: Bot, proposal: Proposal, summary: Summary) -> PullRequest
         return None
     if summary.opened >= bot.max_new_prs:
         summary.deferred += 1
+        summary.unsettled.add(name)
         bot.echo(
             f"{name}: {bot.max_new_prs} PRs opened this tick (the limit); {proposal.title!r} waits"
         )
@@ -246,15 +265,23 @@ def answer_commands(
     entries: Mapping[str, Entry],
     summary: Summary,
     rebuild: Callable[[Entry], str],
+    *,
+    commented: Iterable[int] | None = None,
 ) -> None:
     """Act on ``@wheelstock`` commands left on the bot's PRs since the last tick.
 
     Only a maintainer listed in the project's registry entry is obeyed; anyone else gets a
     reply saying so. Each comment is acted on once: the newest handled id is kept per PR.
     ``rebuild(entry)`` arranges a new build of the feedstock's main head and says what it did.
+    ``commented``: the PRs the forge says got comments since the last tick (None: look at
+    every PR), so a tick where nobody wrote reads no thread.
     """
     ours = {i.pr_number for i in bot.state.intents() if i.pr_number is not None}
-    for pr in bot.forge.pull_requests():
+    if commented is None:
+        prs = bot.forge.pull_requests()
+    else:
+        prs = [bot.forge.get_pr(number) for number in sorted(set(commented) & ours)]
+    for pr in prs:
         if pr.state == "closed" or pr.number not in ours:
             continue
         seen = bot.state.last_comment_seen(pr.number)
@@ -324,3 +351,98 @@ def _rerender_branch(bot: Bot, entry: Entry, pr: PullRequest) -> str:
     if sha is None:
         return f"the branch already matches feedstock-template v{newest}; nothing to re-render."
     return f"re-rendered with feedstock-template v{newest} in {sha[:12]}."
+
+
+# --- version bumps --------------------------------------------------------------------------
+
+
+def source_of(entry: Entry, release: Release) -> tuple[Source, DistFile]:
+    sdist = release.sdist
+    if sdist is None:  # latest_release only returns releases with an sdist
+        raise WheelstockError(f"release {release.version} has no sdist")
+    if not sdist.sha256:
+        raise WheelstockError(f"upstream gives no sha256 for {sdist.filename}")
+    # The name becomes a path under downloads/ and goes into feedstock.yaml: a bare sdist
+    # name of this project at this version, or nothing (DESIGN, trust rules).
+    feedstock.check_sdist_name(
+        sdist.filename, entry.project, str(release.version), f"upstream's page of {entry.project}"
+    )
+    return Source(filename=sdist.filename, url=sdist.url, sha256=sdist.sha256), sdist
+
+
+def verify_sdist(bot: Bot, entry: Entry, source: Source) -> Path:
+    """Download the sdist and check upstream's sha256 before a PR names it (kept for the build)."""
+    folder = bot.state.downloads_dir / entry.name
+    path = folder / source.filename
+    if path.resolve().parent != folder.resolve():
+        raise SourceRefused(f"{source.filename!r} is not a bare sdist file name")
+    if not (path.is_file() and sha256_file(path) == source.sha256):
+        bot.upstream.download(source.url, path, source.sha256)
+    return path
+
+
+def _metadata_or_none(
+    bot: Bot, entry: Entry, version: str, files: tuple[DistFile, ...]
+) -> ProjectMetadata | None:
+    # The PR says "unknown" rather than not being opened: the bump itself does not need it.
+    try:
+        return metadata_of(bot, entry, version, files)
+    except WheelstockError as exc:
+        bot.echo(f"{entry.name}: metadata of {version} unknown ({exc})")
+        return None
+
+
+def propose_bump(
+    bot: Bot,
+    entry: Entry,
+    page: ProjectPage,
+    text: str,
+    current: Feedstock,
+    release: Release,
+    summary: Summary,
+    affected: Affected,
+) -> None:
+    """Open the version-bump PR for ``release`` (one commit editing feedstock.yaml ``text``)."""
+    source, sdist = source_of(entry, release)
+    bump = Bump(
+        project=entry.name,
+        old=current.version,
+        new=str(release.version),
+        source=source,
+        maintainers=entry.maintainers,
+        page_url=page.url,
+        requires_python=sdist.requires_python,
+    )
+    # Never two PRs for one (project, version): the branch names the pair, and a PR that a
+    # volunteer closed stays closed rather than coming back every tick.
+    if any(pr.branch == bump.branch for pr in bot.forge.pull_requests(entry.name)):
+        return
+
+    def prepare() -> Mapping[str, str]:
+        verify_sdist(bot, entry, source)
+        return {FEEDSTOCK_FILE: feedstock.bump(text, bump.new, source)}
+
+    def body(closes: tuple[int, ...], kept: tuple[int, ...]) -> str:
+        return replace(
+            bump,
+            old_meta=_metadata_or_none(bot, entry, bump.old, page.files),
+            new_meta=_metadata_or_none(bot, entry, bump.new, page.files),
+            affected=affected(entry.name),
+            supersedes=closes,
+            kept_open=kept,
+        ).body()
+
+    open_proposal(
+        bot,
+        Proposal(
+            project=entry.name,
+            kind="bump",
+            version=bump.new,
+            branch=bump.branch,
+            title=bump.title,
+            prepare=prepare,
+            message=bump.commit_message,
+            body=body,
+        ),
+        summary,
+    )

@@ -7,6 +7,7 @@ import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import jinja2
@@ -17,7 +18,9 @@ from packaging.version import InvalidVersion, Version
 
 from bot.feedstock import Source
 from bot.forge import PullRequest
-from bot.metadata import ProjectMetadata
+
+if TYPE_CHECKING:  # annotations only: the PR plan needs no HTTP client at import
+    from bot.metadata import ProjectMetadata
 
 __all__ = [
     "COMMANDS",

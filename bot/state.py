@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     # Imported for real inside the methods: state stays cheap to import without httpx.
-    from bot.upstream import Checked, DistFile, ProjectPage, Validators
+    from bot.simple import DistFile, ProjectPage
+    from bot.upstream import Checked, Validators
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS builds (
@@ -84,7 +86,7 @@ STATUSES = (
 )
 
 
-# What the watch of upstream remembers per project (bot.upstream.watch): the validators for
+# What the watch of upstream remembers per project (bot.watch): the validators for
 # conditional requests, and the page itself, so a 304 costs neither a refetch nor a parse.
 WATCH_SCHEMA = """
 CREATE TABLE IF NOT EXISTS pages (
@@ -96,7 +98,26 @@ CREATE TABLE IF NOT EXISTS pages (
     checked_at TEXT NOT NULL,
     changed_at TEXT,               -- when a 200 last brought the page
     error TEXT,                    -- the last check's one-line error; NULL when it went fine
-    failures INTEGER NOT NULL DEFAULT 0   -- consecutive checks that failed or found nothing
+    failures INTEGER NOT NULL DEFAULT 0,  -- consecutive checks that failed or found nothing
+    digest TEXT                    -- sha256 of url and files: the page's identity for a sync
+);
+"""
+
+
+# What a tick over many feedstocks needs so that it pays only for what changed: per project,
+# a fingerprint of everything its last complete sync depended on, and main's head then; and
+# the forge's cursor as of the last tick that went through.
+SYNC_SCHEMA = """
+CREATE TABLE IF NOT EXISTS synced (
+    project TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,     -- entry, upstream page, template, settings, wheelstock
+    head TEXT,                     -- main's head after that sync (NULL: no feedstock)
+    version TEXT,                  -- the version feedstock.yaml on main builds then
+    synced_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -118,6 +139,15 @@ class Intent:
     kind: str
     version: str
     pr_number: int | None
+
+
+@dataclass(frozen=True)
+class Synced:
+    """A project's last complete sync: what it depended on, and main as it left it."""
+
+    fingerprint: str
+    head: str | None  # None: no feedstock
+    version: str | None  # what feedstock.yaml on main builds
 
 
 @dataclass(frozen=True)
@@ -160,9 +190,17 @@ class State:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(SCHEMA)
             self.db.executescript(WATCH_SCHEMA)
+            self.db.executescript(SYNC_SCHEMA)
+            self._add_column("pages", "digest", "TEXT")
         except (OSError, sqlite3.Error) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise WheelstockError(f"state directory {root}: {reason}") from exc
+
+    def _add_column(self, table: str, column: str, kind: str) -> None:
+        # A state directory from an older wheelstock: its table lacks the column; add it.
+        columns = {str(row[1]) for row in self.db.execute(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @property
     def forge_dir(self) -> Path:
@@ -391,7 +429,7 @@ class State:
         with self.transaction() as db:
             db.execute("DELETE FROM retired WHERE project = ?", (project,))
 
-    # -- watching upstream (bot.upstream.watch) ------------------------------------------------
+    # -- watching upstream (bot.watch) ------------------------------------------------
 
     def validators(self, index_url: str = "") -> dict[str, Validators]:
         """What to send back per project: only where a page is kept for a 304 to reuse.
@@ -426,7 +464,10 @@ class State:
             if check.status == "changed":
                 assert check.page is not None
                 files = json.dumps([_file_row(f) for f in check.page.files])
-                changed.append((check.name, check.page.url, etag, modified, files, stamp, stamp))
+                digest = hashlib.sha256(f"{check.page.url}\n{files}".encode()).hexdigest()
+                changed.append(
+                    (check.name, check.page.url, etag, modified, files, stamp, stamp, digest)
+                )
             elif check.status == "unchanged":
                 unchanged.append((etag, modified, stamp, check.name))
             elif check.status == "missing":
@@ -436,11 +477,11 @@ class State:
         with self.transaction() as db:
             db.executemany(
                 "INSERT INTO pages (project, url, etag, last_modified, files, checked_at, "
-                "changed_at, error, failures) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0) "
+                "changed_at, digest, error, failures) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0) "
                 "ON CONFLICT (project) DO UPDATE SET url = excluded.url, etag = excluded.etag, "
                 "last_modified = excluded.last_modified, files = excluded.files, "
                 "checked_at = excluded.checked_at, changed_at = excluded.changed_at, "
-                "error = NULL, failures = 0",
+                "digest = excluded.digest, error = NULL, failures = 0",
                 changed,
             )
             db.executemany(
@@ -457,7 +498,8 @@ class State:
             db.executemany(
                 "INSERT INTO pages (project, checked_at, error, failures) VALUES (?, ?, ?, 1) "
                 "ON CONFLICT (project) DO UPDATE SET url = NULL, etag = NULL, "
-                "last_modified = NULL, files = NULL, checked_at = excluded.checked_at, "
+                "last_modified = NULL, files = NULL, digest = NULL, "
+                "checked_at = excluded.checked_at, "
                 "error = excluded.error, failures = failures + 1",
                 missing,
             )
@@ -467,7 +509,7 @@ class State:
 
         With ``index_url``, only a page fetched from under it.
         """
-        from bot.upstream import ProjectPage
+        from bot.simple import ProjectPage
 
         row = self.db.execute(
             "SELECT project, url, files FROM pages WHERE project = ? AND files IS NOT NULL "
@@ -482,6 +524,54 @@ class State:
             url=str(url),
             files=tuple(_file_from_row(item) for item in json.loads(str(files))),
         )
+
+    def page_marks(self) -> dict[str, str]:
+        """Each stored page's digest (of its URL and files): the page a sync worked from."""
+        rows = self.db.execute("SELECT project, digest FROM pages WHERE files IS NOT NULL")
+        return {str(p): str(d) for p, d in rows if d is not None}
+
+    # -- what the last complete sync of each project depended on (bot.tick) -------------------
+
+    def synced(self) -> dict[str, Synced]:
+        """What every project's last complete sync left, in one query."""
+        rows = self.db.execute("SELECT project, fingerprint, head, version FROM synced")
+        return {
+            str(p): Synced(str(f), None if h is None else str(h), None if v is None else str(v))
+            for p, f, h, v in rows
+        }
+
+    def record_synced(self, project: str, synced: Synced) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO synced (project, fingerprint, head, version, synced_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (project) DO UPDATE SET "
+                "fingerprint = excluded.fingerprint, head = excluded.head, "
+                "version = excluded.version, synced_at = excluded.synced_at",
+                (project, synced.fingerprint, synced.head, synced.version, now()),
+            )
+
+    def forget_synced(self, project: str) -> None:
+        """Before a sync starts: one that dies half-way leaves the project to sync again."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM synced WHERE project = ?", (project,))
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def built_commits(self) -> set[tuple[str, str]]:
+        """(project, commit) of every recorded build, in one query."""
+        return {
+            (str(p), str(c)) for p, c in self.db.execute("SELECT project, commit_sha FROM builds")
+        }
 
     def page_errors(self) -> dict[str, tuple[str, int]]:
         """Projects whose last check went wrong: (one-line error, consecutive failures)."""
@@ -505,7 +595,7 @@ def _file_row(dist: DistFile) -> dict[str, object]:
 
 
 def _file_from_row(row: dict[str, Any]) -> DistFile:
-    from bot.upstream import DistFile
+    from bot.simple import DistFile
 
     upload_time = row.get("upload_time")
     return DistFile(

@@ -1,135 +1,50 @@
-"""Talking to the upstream simple index: PEP 691 JSON and PEP 503 HTML pages, downloads."""
+"""The upstream index client: HTTP with keep-alive, retries (tenacity) and conditional requests
+for project pages, and verified downloads."""
 
 from __future__ import annotations
 
-import ast
-import concurrent.futures
-import contextlib
 import email.utils
 import hashlib
-import importlib
 import json
-import multiprocessing
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urldefrag, urljoin, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 from packaging.utils import (
-    InvalidSdistFilename,
-    InvalidWheelFilename,
     canonicalize_name,
-    parse_sdist_filename,
-    parse_wheel_filename,
 )
-from packaging.version import InvalidVersion, Version
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base, wait_random_exponential
 
 import bot
-from bot.errors import HashMismatch, ProjectNotFound, UpstreamError, UpstreamUnavailable
-
-__all__ = [
-    "ACCEPT",
-    "USER_AGENT",
-    "Checked",
-    "DistFile",
-    "ProjectPage",
-    "ThreadLocalTransport",
-    "Upstream",
-    "Validators",
-    "default_index_url",
-    "make_client",
-    "parse_html_page",
-    "parse_json_page",
-    "parse_pip_config_list",
-    "pip_config_list",
-    "watch",
-]
+from bot.errors import HashMismatch, ProjectNotFound, UpstreamError, UpstreamUnavailable, first_line
+from bot.simple import (
+    ACCEPT,
+    JSON_V1,
+    ProjectPage,
+    parse_html_page,
+    parse_json_page,
+    url_problem,
+)
 
 USER_AGENT = f"wheelstock/{bot.__version__}"
 
-# PEP 691: JSON preferred, HTML accepted; text/html last so PEP 503-only servers still answer.
-JSON_V1 = "application/vnd.pypi.simple.v1+json"
-HTML_V1 = "application/vnd.pypi.simple.v1+html"
-ACCEPT = f"{JSON_V1}, {HTML_V1};q=0.2, text/html;q=0.1"
 
 _T = TypeVar("_T")
-_J = TypeVar("_J")
-_R = TypeVar("_R")
+
 
 # A canonical project name (PEP 503) that is safe in a URL path as it is.
 _PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
-
-
-@dataclass(frozen=True)
-class DistFile:
-    """One file on a project page, as upstream described it."""
-
-    filename: str
-    url: str
-    sha256: str | None
-    requires_python: str | None = None
-    # PEP 592: None means not yanked; any string (even "") means yanked, the string is the reason.
-    yanked: str | None = None
-    upload_time: datetime | None = None
-    size: int | None = None
-    # PEP 658/714: upstream serves this file's core metadata at `<url>.metadata`. None when it
-    # doesn't; "sha256=<hex>" when a sha256 of that file was given; "true" when none was.
-    core_metadata: str | None = None
-
-    @property
-    def is_sdist(self) -> bool:
-        # PEP 625 names sdists .tar.gz; .zip is the legacy form pip still accepts.
-        if not self.filename.endswith((".tar.gz", ".zip")):
-            return False
-        try:
-            parse_sdist_filename(self.filename)
-        except (InvalidSdistFilename, InvalidVersion):
-            return False
-        return True
-
-    @property
-    def is_wheel(self) -> bool:
-        if not self.filename.endswith(".whl"):
-            return False
-        try:
-            parse_wheel_filename(self.filename)
-        except (InvalidWheelFilename, InvalidVersion):
-            return False
-        return True
-
-    @property
-    def version(self) -> Version | None:
-        try:
-            if self.filename.endswith(".whl"):
-                return parse_wheel_filename(self.filename)[1]
-            if self.filename.endswith((".tar.gz", ".zip")):
-                return parse_sdist_filename(self.filename)[1]
-        except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-            return None
-        return None
-
-
-@dataclass(frozen=True)
-class ProjectPage:
-    """A project's page on the upstream index."""
-
-    name: str
-    url: str
-    files: tuple[DistFile, ...]
 
 
 @dataclass(frozen=True)
@@ -160,331 +75,6 @@ class Checked:
     page: ProjectPage | None  # set when changed
     validators: Validators  # from the 200 (or 304) response, else the ones sent
     error: str | None = None  # one line, when failed or missing
-
-
-# --- which index pip uses ---------------------------------------------------------------------
-
-
-def parse_pip_config_list(text: str) -> dict[str, str]:
-    """Parse `pip config list` output (`section.key='value'` lines) into a mapping."""
-    values: dict[str, str] = {}
-    for raw in text.splitlines():
-        key, sep, value = raw.strip().partition("=")
-        if not sep or not key:
-            continue
-        # pip prints values with repr(), so they come back through literal_eval.
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed = value
-        values[key.strip()] = str(parsed)
-    return values
-
-
-def pip_config_list(python: str | None = None) -> dict[str, str]:
-    """Run `python -m pip config list`; an empty mapping if pip can't be run."""
-    command = [python or sys.executable, "-m", "pip", "config", "list"]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if result.returncode != 0:
-        return {}
-    return parse_pip_config_list(result.stdout)
-
-
-def _pip_builtin_index() -> str | None:
-    # Asked of pip itself so that no registry host is written down here; pip's internals may move,
-    # so any failure just means "unknown".
-    try:
-        module = importlib.import_module("pip._internal.models.index")
-        url = module.PyPI.simple_url
-    except Exception:
-        return None
-    return url if isinstance(url, str) and url else None
-
-
-def default_index_url(
-    environ: Mapping[str, str],
-    pip_config: Callable[[], Mapping[str, str]] | None = None,
-) -> str:
-    """The index pip on this machine would use, with a trailing slash."""
-    url = environ.get("PIP_INDEX_URL", "").strip()
-    if not url:
-        config = (pip_config or pip_config_list)()
-        # pip applies the [install] section over [global] for `pip install`. `:env:` keys are
-        # ignored because the caller passed the environment explicitly.
-        url = (config.get("install.index-url") or config.get("global.index-url") or "").strip()
-    if not url:
-        url = _pip_builtin_index() or ""
-    if not url:
-        raise UpstreamError(
-            "no upstream index configured; pass --upstream URL or set PIP_INDEX_URL"
-        )
-    return url if url.endswith("/") else url + "/"
-
-
-# --- parsing pages ----------------------------------------------------------------------------
-
-
-# URLs as indexes write them: http(s), an ASCII host name with a letter in it or a valid
-# IPv4 address, a port, a path of URL-safe characters. httpx accepts every one of them, so
-# its parse (half the cost of reading a JSON page) is skipped for them.
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-_PLAIN_URL = re.compile(
-    rf"https?://(?:(?=[^/:]*[A-Za-z])[A-Za-z0-9.-]+|(?:{_OCTET}\.){{3}}{_OCTET})"
-    r"(?::(\d{1,5}))?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?"
-)
-
-
-def _url_problem(url: str) -> str | None:
-    """Why `url` cannot be parsed or fetched as written (one line), or None when it can."""
-    plain = _PLAIN_URL.fullmatch(url)
-    if plain is not None and int(plain.group(1) or 0) <= 65535:
-        return None
-    try:
-        # .port is checked lazily by urllib; httpx parses once more the way it will fetch.
-        urlsplit(url).port  # noqa: B018
-        httpx.URL(url)
-    except (ValueError, httpx.InvalidURL) as exc:
-        return _first_line(exc)
-    return None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def is_bare_filename(name: str) -> bool:
-    """A name that is one file in one directory: no separators, no parent, not hidden."""
-    return bool(name) and not ("/" in name or "\\" in name or "\0" in name or name.startswith("."))
-
-
-def _parse_time(text: str) -> datetime:
-    # PEP 700: ISO 8601 "yyyy-mm-ddThh:mm:ss.ffffffZ"; fromisoformat takes "Z" since 3.11.
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError as exc:  # e.g. year 1 with a positive offset
-        raise ValueError(f"out of range: {text!r}") from exc
-
-
-def _check_api_version(version: object, where: str) -> None:
-    # PEP 629/691: a client must refuse a major version it doesn't know.
-    if version is None:
-        return
-    major = str(version).split(".", 1)[0]
-    if major != "1":
-        raise UpstreamError(
-            f"upstream {where} speaks simple API version {version}; only 1.x is supported"
-        )
-
-
-def _json_core_metadata(value: Any) -> str | None:
-    """PEP 691/714 `core-metadata`: true/false or a mapping of hash names to hex digests."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return "true"
-    if not isinstance(value, dict):
-        raise ValueError("is neither a boolean nor an object")
-    digest = value.get("sha256")
-    if digest is None:
-        # Metadata is there, only not with a hash we can check.
-        return "true"
-    if not isinstance(digest, str) or not digest:
-        raise ValueError("has a sha256 that is not a string")
-    return f"sha256={digest.lower()}"
-
-
-def _html_core_metadata(anchor: Mapping[str, str | None]) -> str | None:
-    """PEP 658/714 `data-core-metadata`: "true" or "<hashname>=<hexdigest>"."""
-    # PEP 714 renamed the attribute; the old name is still read from indexes that predate it.
-    for key in ("data-core-metadata", "data-dist-info-metadata"):
-        if key in anchor:
-            value = (anchor[key] or "").strip()
-            break
-    else:
-        return None
-    if value.lower() == "true":
-        return "true"
-    algorithm, sep, digest = value.partition("=")
-    if not sep or not algorithm or not digest:
-        # Neither form PEP 658 allows; not trusted to mean the file exists.
-        return None
-    if algorithm.lower() == "sha256":
-        return f"sha256={digest.lower()}"
-    return "true"
-
-
-def parse_json_page(data: Any, page_url: str) -> tuple[DistFile, ...]:
-    """Files of a PEP 691 JSON project page; relative URLs resolved against page_url."""
-
-    def bad(path: str, what: str) -> UpstreamError:
-        return UpstreamError(f"upstream {page_url} sent an invalid project page: {path} {what}")
-
-    if not isinstance(data, dict):
-        raise bad("the document", "is not a JSON object")
-    meta = data.get("meta")
-    if isinstance(meta, dict):
-        _check_api_version(meta.get("api-version"), page_url)
-    entries = data.get("files")
-    if not isinstance(entries, list):
-        raise bad("files", "is not a list")
-    files: list[DistFile] = []
-    for index, entry in enumerate(entries):
-        at = f"files[{index}]"
-        if not isinstance(entry, dict):
-            raise bad(at, "is not an object")
-        filename = entry.get("filename")
-        if not isinstance(filename, str) or not filename:
-            raise bad(f"{at}.filename", "is not a string")
-        if not is_bare_filename(filename):
-            # The name becomes a path on disk: never a directory, a parent or a hidden file.
-            raise bad(f"{at}.filename", f"is not a bare file name: {filename!r}")
-        url = entry.get("url")
-        if not isinstance(url, str) or not url:
-            raise bad(f"{at}.url", "is not a string")
-        hashes = entry.get("hashes", {})
-        if not isinstance(hashes, dict):
-            raise bad(f"{at}.hashes", "is not an object")
-        sha256 = hashes.get("sha256")
-        if sha256 is not None and not isinstance(sha256, str):
-            raise bad(f"{at}.hashes.sha256", "is not a string")
-        requires_python = entry.get("requires-python")
-        if requires_python is not None and not isinstance(requires_python, str):
-            raise bad(f"{at}.requires-python", "is not a string")
-        # PEP 691: yanked is a bool, or a string giving the reason.
-        yanked_value = entry.get("yanked", False)
-        if yanked_value is True:
-            yanked: str | None = ""
-        elif yanked_value is False or yanked_value is None:
-            yanked = None
-        elif isinstance(yanked_value, str):
-            yanked = yanked_value
-        else:
-            raise bad(f"{at}.yanked", "is neither a boolean nor a string")
-        upload_time: datetime | None = None
-        upload_value = entry.get("upload-time")
-        if upload_value is not None:
-            if not isinstance(upload_value, str):
-                raise bad(f"{at}.upload-time", "is not a string")
-            try:
-                upload_time = _parse_time(upload_value)
-            except ValueError:
-                what = f"is not an ISO 8601 time: {upload_value!r}"
-                raise bad(f"{at}.upload-time", what) from None
-        size = entry.get("size")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-            raise bad(f"{at}.size", "is not a non-negative integer")
-        # PEP 714: `core-metadata` wins; `dist-info-metadata` is the PEP 658 name older indexes use.
-        metadata_key = "core-metadata" if "core-metadata" in entry else "dist-info-metadata"
-        try:
-            core_metadata = _json_core_metadata(entry.get(metadata_key))
-        except ValueError as exc:
-            raise bad(f"{at}.{metadata_key}", str(exc)) from None
-        try:
-            resolved = urldefrag(urljoin(page_url, url)).url
-        except ValueError:
-            resolved = None
-        if resolved is None or _url_problem(resolved) is not None:
-            raise bad(f"{at}.url", f"is not a valid URL: {url!r}")
-        files.append(
-            DistFile(
-                filename=filename,
-                url=resolved,
-                sha256=sha256.lower() if sha256 else None,
-                requires_python=requires_python,
-                yanked=yanked,
-                upload_time=upload_time,
-                size=size,
-                core_metadata=core_metadata,
-            )
-        )
-    return tuple(files)
-
-
-class _AnchorCollector(HTMLParser):
-    """Collects <a> attributes, <base href> and the PEP 629 repository-version meta tag."""
-
-    def __init__(self) -> None:
-        # HTMLParser already unescapes attribute values, so `&lt;` in data-requires-python
-        # arrives as `<` (PEP 503 requires the escaping).
-        super().__init__(convert_charrefs=True)
-        self.anchors: list[dict[str, str | None]] = []
-        self.base: str | None = None
-        self.repository_version: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = dict(attrs)
-        if tag == "a" and values.get("href"):
-            self.anchors.append(values)
-        elif tag == "base" and values.get("href") and self.base is None:
-            self.base = values["href"]
-        elif tag == "meta" and values.get("name") == "pypi:repository-version":
-            self.repository_version = values.get("content")
-
-
-def parse_html_page(text: str, page_url: str) -> tuple[DistFile, ...]:
-    """Files of a PEP 503 HTML project page; relative hrefs resolved against page_url."""
-    collector = _AnchorCollector()
-    collector.feed(text)
-    collector.close()
-    _check_api_version(collector.repository_version, page_url)
-    base = page_url
-    if collector.base:
-        try:
-            base = urljoin(page_url, collector.base)
-        except ValueError:
-            base = ""
-        if not base or _url_problem(base) is not None:
-            # Every relative link would resolve wrongly, so the page as a whole is unusable.
-            raise UpstreamError(
-                f"upstream {page_url} sent an invalid project page: "
-                f"<base href> is not a valid URL: {collector.base!r}"
-            )
-    files: list[DistFile] = []
-    for anchor in collector.anchors:
-        href = anchor["href"] or ""
-        # A bad link on upstream's page must not cost the other files: it is skipped.
-        try:
-            url, fragment = urldefrag(urljoin(base, href))
-        except ValueError:
-            continue
-        if _url_problem(url) is not None:
-            continue
-        # PEP 503: the filename is the URL's last path segment.
-        filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-        if not is_bare_filename(filename):
-            # `%2F` unquotes to "/": such a link would name a path, not a file.
-            continue
-        algorithm, _, digest = fragment.partition("=")
-        sha256 = digest.lower() if algorithm == "sha256" and digest else None
-        # PEP 592: the attribute's presence means yanked; its value (maybe empty) is the reason.
-        yanked = (anchor["data-yanked"] or "") if "data-yanked" in anchor else None
-        upload_time: datetime | None = None
-        raw_time = anchor.get("data-upload-time")
-        if raw_time:
-            # Not standardised for HTML, so a bad value is dropped rather than fatal.
-            with contextlib.suppress(ValueError):
-                upload_time = _parse_time(raw_time)
-        files.append(
-            DistFile(
-                filename=filename,
-                url=url,
-                sha256=sha256,
-                requires_python=anchor.get("data-requires-python") or None,
-                yanked=yanked,
-                upload_time=upload_time,
-                core_metadata=_html_core_metadata(anchor),
-            )
-        )
-    return tuple(files)
-
-
-# --- HTTP -------------------------------------------------------------------------------------
 
 
 _LIMITS = httpx.Limits(max_keepalive_connections=10, keepalive_expiry=30.0)
@@ -645,7 +235,7 @@ def _plural(count: int) -> str:
 
 
 def _check_url(url: str) -> None:
-    problem = _url_problem(url)
+    problem = url_problem(url)
     if problem is not None:
         raise UpstreamError(f"invalid upstream URL {url!r}: {problem}")
 
@@ -665,7 +255,7 @@ class Upstream:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self.index_url = index_url if index_url.endswith("/") else index_url + "/"
-        problem = _url_problem(self.index_url)
+        problem = url_problem(self.index_url)
         if problem is not None:
             # Refused here, so a typo in --upstream is one line, never a traceback later on.
             raise UpstreamError(f"invalid upstream URL {index_url!r}: {problem}")
@@ -721,7 +311,7 @@ class Upstream:
             return retrying(attempt)
         except httpx.InvalidURL as exc:
             # Not an httpx.HTTPError: raised while the request is built, never worth retrying.
-            raise UpstreamError(f"invalid upstream URL {url!r}: {_first_line(exc)}") from exc
+            raise UpstreamError(f"invalid upstream URL {url!r}: {first_line(exc)}") from exc
         except httpx.UnsupportedProtocol as exc:
             raise UpstreamError(
                 f"upstream {url} cannot be fetched: only http and https are supported"
@@ -740,7 +330,7 @@ class Upstream:
             ) from exc
         except httpx.HTTPError as exc:
             # Bad or too many redirects, undecodable bodies: not worth retrying.
-            raise UpstreamError(f"upstream {url} failed: {_first_line(exc)}") from exc
+            raise UpstreamError(f"upstream {url} failed: {first_line(exc)}") from exc
 
     def project(self, name: str) -> ProjectPage:
         """Fetch and parse the project's page (JSON if upstream offers it, else HTML)."""
@@ -796,7 +386,7 @@ class Upstream:
                 raise UpstreamError(_status_message(url, response))
             page = self._page(canonical, response)
         except UpstreamError as exc:
-            return Checked(canonical, "failed", None, sent, _first_line(exc))
+            return Checked(canonical, "failed", None, sent, first_line(exc))
         except (ValueError, RecursionError, OverflowError, UnicodeError) as exc:
             # Whatever a hostile page trips in a parser costs that project, never the watch.
             reason = f"upstream {url} sent a page that cannot be read: {type(exc).__name__}"
@@ -858,167 +448,3 @@ class Upstream:
             raise HashMismatch(f"sha256 mismatch for {filename}: expected {expected}, got {actual}")
         os.replace(temp, dest)
         return dest
-
-
-# --- watching many projects -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _WorkerSettings:
-    """What a worker process needs to rebuild the caller's `Upstream` (clients don't pickle)."""
-
-    index_url: str
-    timeout: httpx.Timeout
-    attempts: int
-    wait: wait_base
-    max_retry_after: float
-    threads: int
-
-
-_worker: tuple[Upstream, concurrent.futures.ThreadPoolExecutor] | None = None
-
-
-def _start_worker(settings: _WorkerSettings) -> None:
-    # Runs once per worker process: one client and one thread pool serve all its chunks, so
-    # connections stay alive from one chunk to the next.
-    global _worker
-    upstream = Upstream(
-        settings.index_url,
-        make_client(timeout=settings.timeout),
-        attempts=settings.attempts,
-        wait=settings.wait,
-        max_retry_after=settings.max_retry_after,
-    )
-    _worker = (upstream, concurrent.futures.ThreadPoolExecutor(settings.threads))
-
-
-def _check_chunk(items: list[tuple[str, Validators | None]]) -> list[Checked]:
-    assert _worker is not None, "worker process not initialised"
-    upstream, pool = _worker
-    return list(pool.map(lambda item: upstream.check(*item), items))
-
-
-def watch(
-    upstream: Upstream | str,
-    items: Sequence[tuple[str, Validators | None]],
-    *,
-    processes: int | None = 1,
-    threads: int = 48,
-    chunk: int = 500,
-    progress: Callable[[int, int], None] | None = None,
-) -> Iterator[Checked]:
-    """Check every (name, validators) in items; yields one `Checked` each, in no set order.
-
-    With processes=1 (or no more than `chunk` items) the work runs here on `upstream`'s client
-    from `threads` threads. Otherwise items go in chunks to `processes` worker processes
-    (None: one per CPU), each rebuilding `upstream` from its settings (URL, timeout, attempts,
-    wait, max_retry_after) with `threads` threads of its own. `progress(done, total)` is called
-    after every `chunk` results and at the end.
-    """
-    if threads < 1 or chunk < 1:
-        raise ValueError("threads and chunk must be at least 1")
-    if isinstance(upstream, str):
-        owned = Upstream(upstream, make_client())
-        try:
-            yield from watch(
-                owned, items, processes=processes, threads=threads, chunk=chunk, progress=progress
-            )
-        finally:
-            owned.client.close()
-        return
-    count = (os.cpu_count() or 1) if processes is None else processes
-    if count < 1:
-        raise ValueError("processes must be at least 1")
-    total = len(items)
-    done = 0
-    reported = 0
-    # A single process can keep only about one core busy (the GIL): measured on 2 cores,
-    # one process with 48 threads made about 1,000 requests/s, two made about 1,800/s.
-    results = (
-        _watch_here(upstream, items, threads)
-        if count == 1 or total <= chunk
-        else _watch_in_processes(upstream, items, count, threads, chunk)
-    )
-    try:
-        for checked in results:
-            done += 1
-            yield checked
-            if progress is not None and (done - reported >= chunk or done == total):
-                reported = done
-                progress(done, total)
-    finally:
-        results.close()
-
-
-def _windowed(
-    submit: Callable[[_J], concurrent.futures.Future[_R]], jobs: Iterable[_J], window: int
-) -> Iterator[concurrent.futures.Future[_R]]:
-    """Submit jobs keeping at most ``window`` in flight; yield each future once it is done.
-
-    A bounded window: 25,000 futures at once would only cost memory.
-    """
-    pending: set[concurrent.futures.Future[_R]] = set()
-    queue = iter(jobs)
-    while True:
-        for job in queue:
-            pending.add(submit(job))
-            if len(pending) >= window:
-                break
-        if not pending:
-            return
-        finished, pending = concurrent.futures.wait(
-            pending, return_when=concurrent.futures.FIRST_COMPLETED
-        )
-        yield from finished
-
-
-def _watch_here(
-    upstream: Upstream, items: Sequence[tuple[str, Validators | None]], threads: int
-) -> Generator[Checked, None, None]:
-    if not items:
-        return
-    pool = concurrent.futures.ThreadPoolExecutor(min(threads, len(items)))
-    try:
-        for future in _windowed(
-            lambda item: pool.submit(upstream.check, *item), items, threads * 4
-        ):
-            yield future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _watch_in_processes(
-    upstream: Upstream,
-    items: Sequence[tuple[str, Validators | None]],
-    processes: int,
-    threads: int,
-    chunk: int,
-) -> Generator[Checked, None, None]:
-    settings = _WorkerSettings(
-        index_url=upstream.index_url,
-        timeout=upstream.client.timeout,
-        attempts=upstream.attempts,
-        wait=upstream.wait,
-        max_retry_after=upstream.max_retry_after,
-        threads=threads,
-    )
-    chunks = (list(items[start : start + chunk]) for start in range(0, len(items), chunk))
-    # "spawn": forking a process that runs threads (servers, pools) can copy held locks.
-    pool = concurrent.futures.ProcessPoolExecutor(
-        processes,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker,
-        initargs=(settings,),
-    )
-    try:
-        # Two chunks per worker in flight, so none waits for the parent between chunks.
-        for future in _windowed(
-            lambda part: pool.submit(_check_chunk, part), chunks, 2 * processes
-        ):
-            try:
-                checked = future.result()
-            except concurrent.futures.process.BrokenProcessPool as exc:
-                raise UpstreamError(f"watching upstream failed: {_first_line(exc)}") from exc
-            yield from checked
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from bot.upstream import DistFile
+from bot.simple import DistFile
 
 __all__ = ["Choice", "Release", "choose_release", "latest_release", "releases"]
 

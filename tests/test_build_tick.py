@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from test_builder import FAILING_BACKEND, IN_TREE_PYPROJECT, tar_sdist
 
-from bot import registry, tick
+from bot import registry
+from bot.build import stage
 from bot.context import Bot
 from bot.forge.local import LocalForge
 from bot.state import State
@@ -83,7 +84,7 @@ def test_a_failed_sdist_is_not_rebuilt_until_asked(workspace: Workspace, tmp_pat
     try:
         build = bot.state.build_for("demo", forge.head("demo"))
         assert build is not None and build.status == "failed"
-        reply = tick.rebuild(bot, registry.load_directory(workspace.registry).get("demo"))
+        reply = stage.rebuild(bot, registry.load_directory(workspace.registry).get("demo"))
     finally:
         bot.state.close()
     assert reply.startswith("rebuilding 1.0")

@@ -7,12 +7,12 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from bot import feedstock
+from bot.build.stage import in_build_order
 from bot.context import Bot
 from bot.feedstock import Source
 from bot.forge.local import LocalForge
 from bot.registry import load_directory
 from bot.state import State
-from bot.tick import in_build_order
 from bot.upstream import Upstream, make_client
 
 from conftest import TEMPLATE, Workspace

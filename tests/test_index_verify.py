@@ -22,7 +22,7 @@ from bot import index, signing
 from bot.cli import main
 from bot.errors import PublishError
 from bot.index import PROVENANCE_SUFFIX, verify, verify_tree
-from bot.upstream import DistFile
+from bot.simple import DistFile
 
 from conftest import Workspace
 from projects import assemble_wheel, fixture_sdist

@@ -26,7 +26,8 @@ from bot.metadata import (
     ProjectMetadata,
     fetch_metadata,
 )
-from bot.upstream import DistFile, Upstream, make_client
+from bot.simple import DistFile
+from bot.upstream import Upstream, make_client
 
 from projects import fixture_sdist, make_project
 from projects import make_sdist as build_sdist

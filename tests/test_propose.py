@@ -15,7 +15,7 @@ from pathlib import Path
 import git
 import pytest
 
-from bot import feedstock, tick
+from bot import feedstock, status, tick
 from bot.context import Bot, Summary
 from bot.forge import BOT_HANDLE, PullRequest
 from bot.forge.local import LocalForge
@@ -321,7 +321,7 @@ def test_a_failing_project_backs_off_exponentially_and_status_says_until_when(
     assert "failure 2; next attempt after 2026-11-01T18:00:01Z" in again.errors[0]
 
     bot = kit.bot()
-    rows = {row.name: row for row in tick.status(bot.state, bot.forge, kit.registry)}
+    rows = {row.name: row for row in status.status(bot.state, bot.forge, kit.registry)}
     note = rows["ghost"].note or ""
     assert "backing off after 2 failed attempts: project 'ghost' not found" in note
     assert "next attempt after 2026-11-01T18:00:01Z" in note
@@ -649,3 +649,29 @@ def test_another_upstream_gets_no_validators_of_the_old_one(kit: Kit, tmp_path: 
         assert "if-modified-since" not in seen.headers
         (pr,) = kit.prs("demo")
         assert summary.opened == 1 and mirror.url in pr.body  # the mirror's page, not the old one
+
+
+def test_the_affected_list_comes_from_metadata_read_when_each_feedstock_was_made(
+    kit: Kit,
+) -> None:
+    kit.enrol("base", "alice")
+    kit.enrol("app", "alice")
+    kit.enrol("other", "alice")
+    kit.release("base", "1.0")
+    kit.release("app", "1.0", requires=("base>=1",))
+    kit.release("other", "1.0")
+    assert kit.tick().created == 3
+    # As if "other" were enrolled by a wheelstock that did not read metadata at creation:
+    # not looked up for base's PR either (it is not read for every project at every PR).
+    shutil.rmtree(kit.root / "state" / "metadata" / "other")
+    kit.release("base", "1.1")
+    before = len(kit.upstream.log)
+    assert kit.tick().opened == 1
+    (pr,) = kit.prs("base", "open")
+    assert "- app\n" in pr.body and "- other" not in pr.body
+    # The tick read upstream for base alone: three page checks, then base's own files.
+    assert (kit.root / "state" / "metadata" / "app").is_dir()
+    paths = [seen.path for seen in kit.upstream.log[before:]]
+    others = [p for p in paths if ("app" in p or "other" in p) and not p.startswith("/simple/")]
+    assert others == []
+    assert sum(p.startswith("/simple/") for p in paths) == 3

@@ -18,7 +18,7 @@ import pytest
 from bot import index, serve
 from bot.errors import PublishError
 from bot.index import DELETED_UPSTREAM, IndexedFile, UpstreamEntry, propagate_yanks
-from bot.upstream import DistFile
+from bot.simple import DistFile
 
 from conftest import Workspace
 from projects import assemble_wheel, fixture_sdist

@@ -19,20 +19,9 @@ import pytest
 from tenacity import wait_none
 
 from bot.errors import HashMismatch, ProjectNotFound, UpstreamError, UpstreamUnavailable
-from bot.upstream import (
-    ACCEPT,
-    USER_AGENT,
-    DistFile,
-    ThreadLocalTransport,
-    Upstream,
-    _Cookies,
-    default_index_url,
-    make_client,
-    parse_html_page,
-    parse_json_page,
-    parse_pip_config_list,
-    pip_config_list,
-)
+from bot.pipconfig import default_index_url, parse_pip_config_list, pip_config_list
+from bot.simple import ACCEPT, DistFile, parse_html_page, parse_json_page
+from bot.upstream import USER_AGENT, ThreadLocalTransport, Upstream, _Cookies, make_client
 
 from support import UpstreamServer
 

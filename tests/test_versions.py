@@ -8,7 +8,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from bot.upstream import DistFile
+from bot.simple import DistFile
 from bot.versions import Choice, Release, choose_release, latest_release, releases
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)

@@ -16,19 +16,10 @@ from tenacity import wait_none
 
 import bot
 from bot.errors import UpstreamError
+from bot.simple import DistFile, ProjectPage, parse_html_page, parse_json_page
 from bot.state import State
-from bot.upstream import (
-    Checked,
-    DistFile,
-    ProjectPage,
-    ThreadLocalTransport,
-    Upstream,
-    Validators,
-    make_client,
-    parse_html_page,
-    parse_json_page,
-    watch,
-)
+from bot.upstream import Checked, ThreadLocalTransport, Upstream, Validators, make_client
+from bot.watch import watch
 
 from support import Fault, UpstreamServer
 
