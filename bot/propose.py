@@ -1,30 +1,28 @@
-"""The bot's pull requests on feedstocks: version bumps and rerenders opened once, superseding,
-limits, and the comment commands on them."""
+"""The bot's pull requests on feedstocks: the facts gathered, version bumps and rerenders
+opened once as prs.plan_proposal decides, older ones superseded or closed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-from packaging.version import Version
 
 from bot import feedstock
 from bot.context import Bot, Summary
 from bot.dependencies import Affected, metadata_of
 from bot.errors import ForgeError, SourceRefused, WheelstockError
 from bot.feedstock import FEEDSTOCK_FILE, Feedstock, Source
-from bot.forge import BOT_HANDLE, Comment, PullRequest
+from bot.forge import BOT_HANDLE, PullRequest
 from bot.fsutil import sha256_file
 from bot.metadata import ProjectMetadata
 from bot.prs import (
-    COMMANDS,
     Bump,
+    OpenPR,
     Rerender,
     parse_branch,
-    parse_commands,
-    rank_of,
+    plan_proposal,
     supersessions,
+    unwanted,
 )
 from bot.registry import Entry
 from bot.simple import DistFile, ProjectPage
@@ -32,7 +30,7 @@ from bot.versions import Release
 
 __all__ = [
     "Proposal",
-    "answer_commands",
+    "open_bot_prs",
     "open_proposal",
     "propose_bump",
     "rerender_feedstock",
@@ -81,12 +79,14 @@ def bot_prs(bot: Bot, project: str, state: str | None = "open") -> list[PullRequ
     return [pr for pr in bot.forge.pull_requests(project, state) if pr.number in ours]
 
 
-def _open_bot_prs(bot: Bot, project: str) -> list[tuple[str, str, PullRequest]]:
+def open_bot_prs(bot: Bot, project: str) -> list[OpenPR]:
+    """The facts a plan needs of the bot's open PRs on the project (prs.plan_proposal)."""
     found = []
     for pr in bot_prs(bot, project):
         parsed = parse_branch(project, pr.branch)
         if parsed is not None:
-            found.append((*parsed, pr))
+            kind, version = parsed
+            found.append(OpenPR(pr.number, kind, version, touched_by_others(bot, pr)))
     return found
 
 
@@ -98,35 +98,26 @@ def open_proposal(bot: Bot, proposal: Proposal, summary: Summary) -> PullRequest
     from it). So a crash at any point never yields a second PR (and closed PRs stay closed).
     """
     forge, state, name = bot.forge, bot.state, proposal.project
-    if any(pr.branch == proposal.branch for pr in forge.pull_requests(name)):
+    branch_has_pr = any(pr.branch == proposal.branch for pr in forge.pull_requests(name))
+    plan = plan_proposal(
+        project=name,
+        kind=proposal.kind,
+        version=proposal.version,
+        title=proposal.title,
+        branch_has_pr=branch_has_pr,
+        open_prs=[] if branch_has_pr else open_bot_prs(bot, name),
+        max_open=bot.max_open_prs,
+        opened=summary.opened,
+        max_new=bot.max_new_prs,
+    )
+    if plan.action == "skip":
         return None
-    older = []
-    staying = 0
-    for kind, version, pr in _open_bot_prs(bot, name):
-        same_kind_older = kind == proposal.kind and rank_of(kind, version) < rank_of(
-            kind, proposal.version
-        )
-        if same_kind_older:
-            older.append(pr)
-        if not same_kind_older or touched_by_others(bot, pr):
-            staying += 1
-    if staying >= bot.max_open_prs:
+    if plan.action == "defer":
         summary.deferred += 1
         summary.unsettled.add(name)
-        bot.echo(
-            f"{name}: {staying} bot PRs already open (limit {bot.max_open_prs}); "
-            f"{proposal.title!r} waits"
-        )
+        bot.echo(plan.reason)
         return None
-    if summary.opened >= bot.max_new_prs:
-        summary.deferred += 1
-        summary.unsettled.add(name)
-        bot.echo(
-            f"{name}: {bot.max_new_prs} PRs opened this tick (the limit); {proposal.title!r} waits"
-        )
-        return None
-    kept = tuple(pr.number for pr in older if touched_by_others(bot, pr))
-    closes = tuple(pr.number for pr in older if pr.number not in kept)
+    closes, kept = plan.closes, plan.kept
     files = proposal.prepare()
     pushed = proposal.branch in forge.branches(name)
     if pushed:
@@ -186,19 +177,10 @@ def close_unwanted(bot: Bot, project: str, current: str, wanted: str | None) -> 
     by other means, would otherwise stay open and rank as the newest. Someone's pushes keep
     a PR open, as when superseding.
     """
-    floor = Version(wanted) if wanted is not None else Version(current)
-    for kind, version, pr in _open_bot_prs(bot, project):
-        if kind != "bump" or touched_by_others(bot, pr):
-            continue
-        if Version(version) > floor:
-            why = f"upstream's {version} is no longer a release to build (yanked or ignored)"
-        elif Version(version) <= Version(current):
-            why = f"main is already at {current}"
-        else:
-            continue
-        bot.forge.comment(pr.number, BOT_HANDLE, f"Closing: {why}.")
-        bot.forge.close_pr(pr.number, BOT_HANDLE)
-        bot.echo(f"closed PR #{pr.number}: {why}")
+    for number, why in unwanted(current, wanted, open_bot_prs(bot, project)):
+        bot.forge.comment(number, BOT_HANDLE, f"Closing: {why}.")
+        bot.forge.close_pr(number, BOT_HANDLE)
+        bot.echo(f"closed PR #{number}: {why}")
 
 
 def rerender_feedstock(bot: Bot, entry: Entry, text: str, summary: Summary) -> PullRequest | None:
@@ -255,102 +237,6 @@ def _differs(bot: Bot, project: str, path: str, content: str, ref: str = "main")
         return bot.forge.read_file(project, path, ref) != content
     except WheelstockError:
         return True  # a file the feedstock does not have yet
-
-
-# --- comment commands -------------------------------------------------------------------------
-
-
-def answer_commands(
-    bot: Bot,
-    entries: Mapping[str, Entry],
-    summary: Summary,
-    rebuild: Callable[[Entry], str],
-    *,
-    commented: Iterable[int] | None = None,
-) -> None:
-    """Act on ``@wheelstock`` commands left on the bot's PRs since the last tick.
-
-    Only a maintainer listed in the project's registry entry is obeyed; anyone else gets a
-    reply saying so. Each comment is acted on once: the newest handled id is kept per PR.
-    ``rebuild(entry)`` arranges a new build of the feedstock's main head and says what it did.
-    ``commented``: the PRs the forge says got comments since the last tick (None: look at
-    every PR), so a tick where nobody wrote reads no thread.
-    """
-    ours = {i.pr_number for i in bot.state.intents() if i.pr_number is not None}
-    if commented is None:
-        prs = bot.forge.pull_requests()
-    else:
-        prs = [bot.forge.get_pr(number) for number in sorted(set(commented) & ours)]
-    for pr in prs:
-        if pr.state == "closed" or pr.number not in ours:
-            continue
-        seen = bot.state.last_comment_seen(pr.number)
-        for comment in bot.forge.comments(pr.number, after=seen):
-            commands = parse_commands(comment.body) if comment.author != BOT_HANDLE else []
-            entry = entries.get(pr.project)
-            if commands and (entry is None or not entry.is_maintainer(comment.author)):
-                # One reply per comment, however many commands it holds.
-                commands = commands[:1]
-            for command in commands:
-                reply = _command(bot, entry, pr, comment, command, rebuild)
-                bot.forge.comment(pr.number, BOT_HANDLE, reply)
-                summary.commands += 1
-                bot.echo(f"PR #{pr.number}: @{comment.author} {command}: {reply}")
-                pr = bot.forge.get_pr(pr.number)
-            bot.state.see_comment(pr.number, comment.id)
-
-
-def _command(
-    bot: Bot,
-    entry: Entry | None,
-    pr: PullRequest,
-    comment: Comment,
-    command: str,
-    rebuild: Callable[[Entry], str],
-) -> str:
-    who = f"@{comment.author}"
-    if entry is None:
-        return f"{who}: {pr.project} has no registry entry any more; commands are ignored."
-    if not entry.is_maintainer(comment.author):
-        listed = ", ".join(f"@{m}" for m in entry.maintainers)
-        return (
-            f"{who}: only the maintainers listed for {entry.name} ({listed}) can give "
-            "wheelstock commands; ignored."
-        )
-    if command not in COMMANDS:
-        known = ", ".join(f"`@wheelstock {c}`" for c in COMMANDS)
-        return f"{who}: unknown command `{command}`; wheelstock knows {known}."
-    try:
-        if command == "close":
-            if pr.state != "open":
-                return f"{who}: this pull request is already {pr.state}."
-            bot.forge.close_pr(pr.number, comment.author)
-            return f"Closed at the request of {who}."
-        if command == "rebuild":
-            return f"{who}: {rebuild(entry)}"
-        return f"{who}: {_rerender_branch(bot, entry, pr)}"
-    except WheelstockError as exc:
-        return f"{who}: `{command}` failed: {exc}"
-
-
-def _rerender_branch(bot: Bot, entry: Entry, pr: PullRequest) -> str:
-    if pr.state != "open":
-        return f"this pull request is {pr.state}; there is no branch to re-render."
-    where = f"{entry.name}-feedstock/{FEEDSTOCK_FILE}@{pr.branch}"
-    text = bot.forge.read_file(entry.name, FEEDSTOCK_FILE, pr.branch)
-    files = feedstock.rerender(
-        bot.template_dir, text, maintainers=entry.maintainers, consent=entry.consent, where=where
-    )
-    newest = feedstock.template_version(bot.template_dir)
-    sha = bot.forge.update_branch(
-        entry.name,
-        pr.branch,
-        files,
-        f"Re-render with feedstock-template v{newest}\n\nAsked for in PR #{pr.number}.",
-    )
-    if sha is None:
-        return f"the branch already matches feedstock-template v{newest}; nothing to re-render."
-    return f"re-rendered with feedstock-template v{newest} in {sha[:12]}."
 
 
 # --- version bumps --------------------------------------------------------------------------

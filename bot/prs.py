@@ -26,6 +26,8 @@ __all__ = [
     "COMMANDS",
     "Bump",
     "Change",
+    "OpenPR",
+    "Plan",
     "Rerender",
     "Supersede",
     "backoff",
@@ -35,10 +37,12 @@ __all__ = [
     "normalize_label",
     "parse_branch",
     "parse_commands",
+    "plan_proposal",
     "rank_of",
     "rerender_branch",
     "source_url",
     "supersessions",
+    "unwanted",
 ]
 
 # Core metadata, "Well-known Project URLs": labels are compared after normalize_label.
@@ -326,6 +330,94 @@ def supersessions(
         for kind, rank, pr in sorted(ours, key=lambda item: item[2].number)
         if rank < newest[kind][0]
     ]
+
+
+# --- what to do with a proposal: facts in, a plan out -------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenPR:
+    """One open PR of the bot's on the feedstock, as a plan needs to know it."""
+
+    number: int
+    kind: str  # bump | rerender
+    version: str
+    touched: bool  # someone other than the bot pushed to its branch: their work stays open
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with a proposal: ``skip`` it, ``defer`` it (``reason`` says why), or
+    ``open`` it, closing ``closes`` and naming ``kept``, the older ones someone pushed to."""
+
+    action: str
+    reason: str = ""
+    closes: tuple[int, ...] = ()
+    kept: tuple[int, ...] = ()
+
+
+def plan_proposal(
+    *,
+    project: str,
+    kind: str,
+    version: str,
+    title: str,
+    branch_has_pr: bool,
+    open_prs: Sequence[OpenPR],
+    max_open: int,
+    opened: int,
+    max_new: int,
+) -> Plan:
+    """Decide a proposal: never a second PR for one branch, within both noise limits.
+
+    ``branch_has_pr``: a PR for the proposal's branch exists, in any state (one a volunteer
+    closed stays closed). The older open PRs of the same kind would be closed by the new one
+    and so do not count against ``max_open``, unless someone pushed to them. ``opened``:
+    PRs opened so far this tick, against ``max_new``.
+    """
+    if branch_has_pr:
+        return Plan("skip")
+    rank = rank_of(kind, version)
+    older = [pr for pr in open_prs if pr.kind == kind and rank_of(pr.kind, pr.version) < rank]
+    staying = sum(1 for pr in open_prs if pr not in older or pr.touched)
+    if staying >= max_open:
+        return Plan(
+            "defer",
+            f"{project}: {staying} bot PRs already open (limit {max_open}); {title!r} waits",
+        )
+    if opened >= max_new:
+        return Plan(
+            "defer", f"{project}: {max_new} PRs opened this tick (the limit); {title!r} waits"
+        )
+    return Plan(
+        "open",
+        closes=tuple(pr.number for pr in older if not pr.touched),
+        kept=tuple(pr.number for pr in older if pr.touched),
+    )
+
+
+def unwanted(current: str, wanted: str | None, open_prs: Sequence[OpenPR]) -> list[tuple[int, str]]:
+    """Open bump PRs to close, with why: for releases the rules no longer pick.
+
+    A release yanked or ignored after its PR was opened (above ``wanted``, or above main's
+    ``current`` when nothing is wanted), or one that main already reached. A PR someone
+    pushed to stays open.
+    """
+    floor = Version(wanted) if wanted is not None else Version(current)
+    closing = []
+    for pr in open_prs:
+        if pr.kind != "bump" or pr.touched:
+            continue
+        if Version(pr.version) > floor:
+            closing.append(
+                (
+                    pr.number,
+                    f"upstream's {pr.version} is no longer a release to build (yanked or ignored)",
+                )
+            )
+        elif Version(pr.version) <= Version(current):
+            closing.append((pr.number, f"main is already at {current}"))
+    return closing
 
 
 # --- comment commands -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from packaging.version import Version
 
-from bot import __version__, feedstock, index, propose, registry
+from bot import __version__, commands, feedstock, index, propose, registry
 from bot.build import stage
 from bot.context import Bot, Summary
 from bot.dependencies import Affected, affected_by, metadata_of
@@ -338,7 +338,7 @@ def tick(bot: Bot, *, build: bool = True) -> Summary:
     changes = bot.forge.changes(bot.state.get_meta(FORGE_CURSOR))
     # Commands first: a PR that this tick supersedes still gets its answers.
     try:
-        propose.answer_commands(
+        commands.answer_commands(
             bot,
             {e.name: e for e in reg.entries},
             summary,

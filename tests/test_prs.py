@@ -14,12 +14,16 @@ from bot.metadata import ProjectMetadata
 from bot.prs import (
     Bump,
     Change,
+    OpenPR,
+    Plan,
     _code,
     changelog_url,
     metadata_changes,
     normalize_label,
+    plan_proposal,
     source_url,
     supersessions,
+    unwanted,
 )
 
 SHA = "3f" * 32
@@ -545,3 +549,86 @@ def test_supersessions_rank_within_each_kind_only() -> None:
 def test_supersessions_with_one_pr_per_kind_is_empty() -> None:
     prs = [_pr(1, "wheelstock/demo-1.1"), _pr(2, "wheelstock/rerender/v2")]
     assert supersessions("demo", prs, touched=lambda pr: False) == []
+
+
+# --- plans: facts in, a decision out -----------------------------------------------------------
+
+BUMP_11 = OpenPR(11, "bump", "1.1", touched=False)
+BUMP_12_TOUCHED = OpenPR(12, "bump", "1.2", touched=True)
+RERENDER_3 = OpenPR(13, "rerender", "3", touched=False)
+WAITS = "'demo 1.0 → 1.3' waits"
+
+
+@pytest.mark.parametrize(
+    ("facts", "plan"),
+    [
+        pytest.param({}, Plan("open"), id="nothing-open"),
+        pytest.param({"branch_has_pr": True}, Plan("skip"), id="branch-had-a-pr-ever"),
+        pytest.param({"open_prs": [BUMP_11]}, Plan("open", closes=(11,)), id="supersedes-older"),
+        pytest.param(
+            {"open_prs": [BUMP_11, BUMP_12_TOUCHED]},
+            Plan("open", closes=(11,), kept=(12,)),
+            id="keeps-one-someone-pushed-to",
+        ),
+        pytest.param(
+            {"open_prs": [OpenPR(14, "bump", "1.4", touched=False)]},
+            Plan("open"),
+            id="a-newer-open-one-is-not-older",
+        ),
+        pytest.param(
+            {"open_prs": [BUMP_11, RERENDER_3], "max_open": 1},
+            Plan("defer", f"demo: 1 bot PRs already open (limit 1); {WAITS}"),
+            id="limit-counts-what-stays-open",
+        ),
+        pytest.param(
+            {"open_prs": [BUMP_11], "max_open": 1},
+            Plan("open", closes=(11,)),
+            id="one-it-closes-does-not-count",
+        ),
+        pytest.param(
+            {"open_prs": [BUMP_12_TOUCHED], "max_open": 1},
+            Plan("defer", f"demo: 1 bot PRs already open (limit 1); {WAITS}"),
+            id="one-it-keeps-counts",
+        ),
+        pytest.param(
+            {"opened": 20},
+            Plan("defer", f"demo: 20 PRs opened this tick (the limit); {WAITS}"),
+            id="new-prs-per-tick",
+        ),
+    ],
+)
+def test_plan_proposal(facts: dict[str, Any], plan: Plan) -> None:
+    given: dict[str, Any] = {
+        "branch_has_pr": False,
+        "open_prs": [],
+        "max_open": 3,
+        "opened": 0,
+        "max_new": 20,
+        **facts,
+    }
+    assert (
+        plan_proposal(project="demo", kind="bump", version="1.3", title="demo 1.0 → 1.3", **given)
+        == plan
+    )
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted", "prs", "closing"),
+    [
+        pytest.param("1.0", "1.1", [BUMP_11], [], id="still-wanted"),
+        pytest.param(
+            "1.0",
+            None,
+            [BUMP_11],
+            [(11, "upstream's 1.1 is no longer a release to build (yanked or ignored)")],
+            id="yanked-or-ignored",
+        ),
+        pytest.param("1.1", None, [BUMP_11], [(11, "main is already at 1.1")], id="main-got-there"),
+        pytest.param("1.0", None, [BUMP_12_TOUCHED], [], id="someone-pushed"),
+        pytest.param("1.0", None, [RERENDER_3], [], id="not-a-bump"),
+    ],
+)
+def test_unwanted(
+    current: str, wanted: str | None, prs: list[OpenPR], closing: list[tuple[int, str]]
+) -> None:
+    assert unwanted(current, wanted, prs) == closing
