@@ -15,6 +15,7 @@ import base64
 import cProfile
 import functools
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -213,13 +214,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     elif phase == "rebuild":
         out["call"], out["projects"] = call(lambda: index.rebuild(root))
     elif phase == "verify":
-        verify = getattr(index, "verify", None)
-        if verify is None:
-            out["missing"] = True
-        else:
-            out["call"], problems = call(lambda: verify(root))
-            out["problems"] = len(problems)
-            out["first_problems"] = [str(p) for p in problems[:5]]
+        from bot.index_verify import verify
+
+        out["call"], problems = call(lambda: verify(root))
+        out["problems"] = len(problems)
+        out["first_problems"] = [str(p) for p in problems[:5]]
     elif phase == "publish":
         from bot import signing
 
@@ -780,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         peer = ensure_dumb_pypi(venv)
         import bot.index
 
-        verify_pending = not hasattr(bot.index, "verify")
+        verify_pending = importlib.util.find_spec("bot.index_verify") is None
         print(
             f"{args.projects:,} and {small:,} projects x {VERSIONS * 2} files; full builds "
             f"{args.rounds} rounds at {args.projects:,}, {args.small_rounds} at {small:,}, "

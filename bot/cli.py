@@ -19,6 +19,7 @@ from bot import (
     feedstock,
     gate,
     index,
+    index_verify,
     nginx,
     registry,
     serve,
@@ -576,7 +577,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace, state: State) -> int:
     if args.action == "verify":
-        report = index.verify_tree(state.index_dir)
+        report = index_verify.verify_tree(state.index_dir)
         for line in report.problems:
             print(line)
         found = len(report.problems)

@@ -20,7 +20,7 @@ from packaging.version import InvalidVersion
 
 from bot.errors import WheelstockError
 from bot.fsutil import atomic_write_bytes
-from bot.index import PROVENANCE_KEY, PROVENANCE_SUFFIX
+from bot.index_pages import PROVENANCE_KEY, PROVENANCE_SUFFIX
 
 # in-toto's DSSE payload type for Statements (in-toto attestation spec, envelope layer).
 PAYLOAD_TYPE = "application/vnd.in-toto+json"

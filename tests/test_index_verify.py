@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bot import index, signing
 from bot.cli import main
 from bot.errors import PublishError
-from bot.index import PROVENANCE_SUFFIX, verify, verify_tree
+from bot.index import PROVENANCE_SUFFIX
+from bot.index_verify import TreeReport, verify, verify_tree
 from bot.simple import DistFile
 
 from conftest import Workspace
@@ -111,14 +112,14 @@ def test_an_empty_or_missing_tree_verifies(tmp_path: Path) -> None:
     assert verify(tmp_path / "nothing") == []
     assert not (tmp_path / "nothing").exists()  # verify creates nothing
     (tmp_path / "empty").mkdir()
-    assert verify_tree(tmp_path / "empty") == index.TreeReport(0, 0, ())
+    assert verify_tree(tmp_path / "empty") == TreeReport(0, 0, ())
 
 
 def test_publishing_more_files_of_a_project_verifies(root: Path, tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     index.publish(root, "demo", [assemble_wheel(wheels, "demo", "1.2")], now=LATER)
     index.publish(root, "demo", [assemble_wheel(wheels, "demo", "1.0", requires_python=">=3.8")])
-    assert verify_tree(root) == index.TreeReport(2, 4, ())
+    assert verify_tree(root) == TreeReport(2, 4, ())
 
 
 def _edit(path: Path, old: str, new: str) -> None:

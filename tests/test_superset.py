@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bot import index, serve
+from bot import index, index_pages, index_verify, serve
 from bot.errors import PublishError
 from bot.index import DELETED_UPSTREAM, IndexedFile, UpstreamEntry, propagate_yanks
 from bot.simple import DistFile
@@ -291,7 +291,7 @@ def test_a_bulk_write_syncs_once_with_its_journal_still_there(
     ],
 )
 def test_the_version_a_filename_names(filename: str, version: str | None) -> None:
-    found = index._version_of(filename)
+    found = index_pages._version_of(filename)
     assert (None if found is None else str(found)) == version
 
 
@@ -308,5 +308,5 @@ def test_a_page_that_cannot_be_written_fails_the_bulk_write_and_the_next_one_hea
     assert (root / ".index.journal").exists()
     shutil.rmtree(blocked)
     index.refresh(root, pages)
-    assert index.verify(root) == []
+    assert index_verify.verify(root) == []
     assert not (root / ".index.journal").exists()
