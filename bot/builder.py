@@ -14,20 +14,18 @@ import signal
 import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from bot import __version__
+from bot import __version__, dists
 from bot.build.extract import ExtractionRefused, Limits, extract_sdist
 from bot.build.sandbox import Sandbox, find_sandbox, limited, pids_cgroup, process_limit_note
-from bot.errors import BuildError
+from bot.errors import BuildError, DistributionError
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -80,7 +78,6 @@ print(json.dumps({
 }))
 """
 
-_METADATA_LIMIT = 1 << 20
 
 DRIVER = Path(__file__).resolve().parent / "build" / "driver.py"
 
@@ -523,36 +520,9 @@ def _without_userinfo(value: str) -> str:
 def _check_wheel(wheel: Path, name: str, version: Version) -> None:
     """Refuse a wheel that is not `name` `version`, by its filename and by its METADATA."""
     try:
-        wheel_name, wheel_version, _, _ = parse_wheel_filename(wheel.name)
-    except (InvalidWheelFilename, InvalidVersion) as exc:
-        raise _Rejected(f"invalid wheel filename {wheel.name}: {_one_line(exc)}") from exc
-    if wheel_name != name or wheel_version != version:
-        raise _Rejected(f"wheel {wheel.name} does not match project {name} {version}")
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            metadata = [
-                n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")
-            ]
-            if len(metadata) != 1:
-                raise _Rejected(f"wheel {wheel.name} has {len(metadata)} .dist-info/METADATA files")
-            # Bounded: a deflate bomb in a hostile wheel must not take the bot's memory.
-            with zf.open(metadata[0]) as member:
-                text = member.read(_METADATA_LIMIT + 1)
-            if len(text) > _METADATA_LIMIT:
-                raise _Rejected(f"wheel {wheel.name} METADATA is larger than 1 MiB")
-            headers = BytesHeaderParser().parsebytes(text)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise _Rejected(f"cannot read wheel {wheel.name}: {_one_line(exc)}") from exc
-    meta_name, meta_version = headers.get("Name", ""), headers.get("Version", "")
-    try:
-        matches = canonicalize_name(meta_name) == name and Version(meta_version) == version
-    except InvalidVersion:
-        matches = False
-    if not matches:
-        raise _Rejected(
-            f"wheel {wheel.name} METADATA says {meta_name} {meta_version}, "
-            f"not project {name} {version}"
-        )
+        dists.check_wheel(wheel, name, version)
+    except DistributionError as exc:
+        raise _Rejected(str(exc)) from exc
 
 
 def _as_text(output: str | bytes | None) -> str:

@@ -61,6 +61,10 @@ class GateError(WheelstockError):
     """An approval or rejection was refused by the trust rules."""
 
 
+class DistributionError(WheelstockError):
+    """A wheel or sdist that is not what it claims to be (bot.dists)."""
+
+
 class PublishError(WheelstockError):
     """Publishing into the index was refused (e.g. a filename with other bytes)."""
 
@@ -68,3 +72,8 @@ class PublishError(WheelstockError):
 def first_line(exc: BaseException) -> str:
     """An exception as one line: its message's first line, or its type's name."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its whole message with every run of whitespace one space."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -18,6 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
+from bot.dists import is_bare_filename
 from bot.errors import FeedstockError
 
 FEEDSTOCK_FILE = "feedstock.yaml"
@@ -92,7 +93,7 @@ def check_sdist_name(filename: str, project: str, version: str, where: str) -> N
     The filename becomes a path on disk; a feedstock must never name another project's
     files or reach outside its download directory (DESIGN, trust rules).
     """
-    if "/" in filename or "\\" in filename or filename.startswith("."):
+    if not is_bare_filename(filename):
         raise FeedstockError(f"{where}: source.filename must be a bare file name")
     try:
         name, parsed = parse_sdist_filename(filename)

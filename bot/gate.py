@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import zipfile
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from bot import index, signing
+from bot import dists, index, signing
 from bot.build import provenance as statements
-from bot.errors import BuildError, GateError, PublishError, UpstreamError
+from bot.errors import BuildError, DistributionError, GateError, PublishError, UpstreamError
 from bot.fsutil import atomic_write_text, sha256_file
 from bot.registry import Entry
 from bot.state import Build, State, now
@@ -99,28 +97,13 @@ def find(state: State, project: str, version: str, status: str = "staged") -> Bu
 
 def _wheel_identity(path: Path) -> tuple[str, Version]:
     try:
-        name, version, _, _ = parse_wheel_filename(path.name)
+        name, _, _, _ = parse_wheel_filename(path.name)
     except InvalidWheelFilename as exc:
         raise GateError(f"staged file {path.name} is not a wheel") from exc
-    with zipfile.ZipFile(path) as archive:
-        meta_name = next(
-            (
-                n
-                for n in archive.namelist()
-                if n.endswith(".dist-info/METADATA") and n.count("/") == 1
-            ),
-            None,
-        )
-        if meta_name is None:
-            raise GateError(f"{path.name} has no .dist-info/METADATA")
-        headers = HeaderParser().parsestr(archive.read(meta_name).decode("utf-8", "replace"))
-    if (
-        canonicalize_name(headers.get("Name", "")) != name
-        or Version(headers.get("Version", "0")) != version
-    ):
-        raise GateError(
-            f"{path.name}: metadata names {headers.get('Name')} {headers.get('Version')}"
-        )
+    try:
+        version, _ = dists.check_wheel(path, name)
+    except DistributionError as exc:
+        raise GateError(str(exc)) from exc
     return name, version
 
 

@@ -9,10 +9,8 @@ before what; apart, each would reach into the others.
 from __future__ import annotations
 
 import contextlib
-import email.parser
 import hashlib
 import json
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -21,21 +19,19 @@ from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import (
-    InvalidWheelFilename,
     NormalizedName,
     canonicalize_name,
-    parse_wheel_filename,
 )
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
-from bot.errors import PublishError
+from bot import dists
+from bot.errors import DistributionError, PublishError
 from bot.fsutil import CHUNK, atomic_target, atomic_write_bytes, file_digest, sync_filesystem
 from bot.index_pages import (
     _ROOT_HTML_PREFIX,
     _ROOT_HTML_SUFFIX,
     _ROOT_JSON_PREFIX,
     _ROOT_JSON_SUFFIX,
-    _VALID_NAME,
     API_VERSION,
     DELETED_UPSTREAM,
     PROVENANCE_KEY,
@@ -45,7 +41,6 @@ from bot.index_pages import (
     _as_dict,
     _as_list,
     _as_str,
-    _bare,
     _Dist,
     _json_bytes,
     _Lines,
@@ -70,8 +65,6 @@ except ImportError:  # pragma: no cover - exercised on Windows only
     fcntl = None  # type: ignore[assignment]
 
 
-# A METADATA file is a few KiB; refuse to inflate anything absurd out of an untrusted zip.
-_MAX_METADATA_BYTES = 16 * 1024 * 1024
 _LOCK_NAME = ".index.lock"
 
 
@@ -302,7 +295,7 @@ def _recorded_projects(root: Path) -> list[NormalizedName]:
     for child in simple.iterdir():
         if not child.is_dir() or child.name.startswith("."):
             continue
-        if not _VALID_NAME.match(child.name) or canonicalize_name(child.name) != child.name:
+        if not dists.is_project_name(child.name) or canonicalize_name(child.name) != child.name:
             raise PublishError(f"simple/{child.name} is not a normalized project name")
         if (child / "index.json").is_file():
             names.append(canonicalize_name(child.name))
@@ -318,7 +311,7 @@ def _plan_rebuild(
     metadata_files: list[tuple[Path, bytes]] = []
     for known in project_files(root, name):
         filename = known.filename
-        if "/" in filename or "\\" in filename or filename.startswith("."):
+        if not dists.is_bare_filename(filename):
             raise PublishError(f"simple/{name}/index.json lists {filename!r}: not a bare file name")
         path = files_dir / filename
         if not path.is_file():
@@ -338,25 +331,14 @@ def _inspect_wheel(path: Path, project: NormalizedName) -> _Wheel:
     """Check that `path` is a wheel of `project` and pull out its core metadata."""
     filename = path.name
     try:
-        wheel_name, version, _build, _tags = parse_wheel_filename(filename)
-    except InvalidWheelFilename as exc:
-        raise PublishError(f"{filename} is not a wheel filename: {exc}") from exc
-    if wheel_name != project:
-        raise PublishError(f"{filename} is a wheel of {wheel_name}, not of {project}")
-    if not path.is_file():
-        raise PublishError(f"{path} is not a file")
+        dists.wheel_filename(filename, project)
+        if not path.is_file():
+            raise PublishError(f"{path} is not a file")
+        version, metadata = dists.check_wheel(path, project)
+        headers = dists.metadata_headers(metadata, filename)
+    except DistributionError as exc:
+        raise PublishError(str(exc)) from exc
     sha256, size = _digest(path)
-    metadata = _read_metadata(path)
-    headers = _parse_metadata(metadata, filename)
-    meta_name = headers.get("Name")
-    meta_version = headers.get("Version")
-    if meta_name is None or canonicalize_name(meta_name) != project:
-        raise PublishError(f"{filename}: METADATA names {meta_name!r}, not {project}")
-    try:
-        if meta_version is None or Version(meta_version) != version:
-            raise PublishError(f"{filename}: METADATA has version {meta_version!r}, not {version}")
-    except InvalidVersion as exc:
-        raise PublishError(f"{filename}: METADATA has an invalid version {meta_version!r}") from exc
     requires_python = headers.get("Requires-Python")
     if requires_python is not None:
         requires_python = requires_python.strip()
@@ -368,36 +350,11 @@ def _inspect_wheel(path: Path, project: NormalizedName) -> _Wheel:
 
 
 def _read_metadata(path: Path) -> bytes:
-    """The bytes of the wheel's single top-level `*.dist-info/METADATA` (PEP 427)."""
+    """The wheel's METADATA, as publish took it (files/<project>/<wheel>)."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            candidates = [
-                info
-                for info in archive.infolist()
-                if info.filename.count("/") == 1 and info.filename.endswith(".dist-info/METADATA")
-            ]
-            if len(candidates) != 1:
-                raise PublishError(
-                    f"{path.name} has {len(candidates)} .dist-info/METADATA files, expected one"
-                )
-            info = candidates[0]
-            if info.file_size > _MAX_METADATA_BYTES:
-                raise PublishError(f"{path.name}: METADATA is implausibly large")
-            return archive.read(info)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        raise PublishError(f"{path.name} is not a valid zip archive: {exc}") from exc
-    except OSError as exc:
-        raise PublishError(f"cannot read {path}: {exc}") from exc
-
-
-def _parse_metadata(metadata: bytes, filename: str) -> Mapping[str, str]:
-    """Parse METADATA headers (RFC 822 style, UTF-8 per the core metadata spec)."""
-    try:
-        text = metadata.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PublishError(f"{filename}: METADATA is not UTF-8") from exc
-    message = email.parser.HeaderParser().parsestr(text)
-    return {key: str(value) for key, value in message.items()}
+        return dists.wheel_metadata(path, path.parent.name)
+    except DistributionError as exc:
+        raise PublishError(str(exc)) from exc
 
 
 def _metadata_path(wheel: Path) -> Path:
@@ -640,7 +597,7 @@ def _read_journal(raw: bytes, journal: Path) -> dict[NormalizedName, list[str]]:
         for key, files in projects.items():
             name = _project_name(key)
             added = [_as_str(f, f"projects.{key}") for f in _as_list(files, f"projects.{key}")]
-            if name != key or not all(map(_bare, added)):
+            if name != key or not all(map(dists.is_bare_filename, added)):
                 raise PublishError(f"projects.{key}: not a project name and bare file names")
             plan[name] = added
     except (ValueError, PublishError) as exc:

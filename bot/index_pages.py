@@ -22,14 +22,13 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
+from bot import dists
 from bot.errors import PublishError
 
 # PEP 700 is API version 1.1 (versions, size, upload-time); PEP 629 puts it in every page.
 API_VERSION = "1.1"
 
 
-# PEP 508 project names; checked before a name becomes a directory, so "../x" cannot escape root.
-_VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
 
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -312,7 +311,7 @@ def format_upload_time(moment: datetime) -> str:
 
 
 def _project_name(project: str) -> NormalizedName:
-    if not _VALID_NAME.match(project):
+    if not dists.is_project_name(project):
         raise PublishError(f"{project!r} is not a valid project name")
     return canonicalize_name(project)
 
@@ -503,6 +502,3 @@ def _our_paths(entry: IndexedFile) -> tuple[str, ...]:
     paths = (entry.filename, entry.filename + ".metadata")
     return (*paths, entry.filename + PROVENANCE_SUFFIX) if entry.provenance else paths
 
-
-def _bare(filename: str) -> bool:
-    return bool(filename) and "/" not in filename and "\\" not in filename and filename[0] != "."

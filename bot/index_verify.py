@@ -22,6 +22,7 @@ from packaging.utils import (
     canonicalize_name,
 )
 
+from bot import dists
 from bot.errors import PublishError
 from bot.fsutil import file_digest
 
@@ -29,7 +30,6 @@ from bot.fsutil import file_digest
 from bot.index import _locked, _read_metadata
 from bot.index_pages import (
     _SHA256_HEX,
-    _VALID_NAME,
     PROVENANCE_KEY,
     PROVENANCE_SUFFIX,
     IndexedFile,
@@ -37,7 +37,6 @@ from bot.index_pages import (
     _as_dict,
     _as_list,
     _as_str,
-    _bare,
     _file_url,
     _our_paths,
     _sha256_bytes,
@@ -221,7 +220,7 @@ class _Verifier:
             parts = rel.split("/")
             if len(parts) != 3 or parts[0] != "simple" or parts[2] != "index.json":
                 continue
-            if _VALID_NAME.match(parts[1]) and canonicalize_name(parts[1]) == parts[1]:
+            if dists.is_project_name(parts[1]) and canonicalize_name(parts[1]) == parts[1]:
                 names.append(parts[1])
             else:
                 self.say(f"simple/{parts[1]}: not a normalized project name")
@@ -369,7 +368,7 @@ class _Verifier:
 
     def _ours(self, name: str, json_rel: str, at: str, raw: Mapping[str, Any]) -> None:
         filename = str(raw["filename"])
-        if not _bare(filename):
+        if not dists.is_bare_filename(filename):
             self.say(f"{json_rel}: lists {filename!r}: not a bare file name")
             return
         for key, want in (

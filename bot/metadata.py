@@ -29,7 +29,8 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from bot.errors import HashMismatch, UpstreamError, UpstreamUnavailable
+from bot import dists
+from bot.errors import DistributionError, HashMismatch, UpstreamError, UpstreamUnavailable
 from bot.fsutil import atomic_write_text
 from bot.simple import DistFile
 from bot.upstream import Upstream
@@ -351,34 +352,12 @@ def _read_limited(handle: Any, what: str) -> bytes:
     return data
 
 
-def _dist_info_name(directory: str) -> str:
-    # PEP 427: `{name}-{version}.dist-info`, where the name has no "-" (escaped to "_").
-    return canonicalize_name(directory.removesuffix(".dist-info").split("-", 1)[0])
-
-
 def _wheel_metadata(path: Path, filename: str, name: str) -> bytes:
     """The bytes of the wheel's `<name>-<version>.dist-info/METADATA` (PEP 427)."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            candidates = []
-            for info in archive.infolist():
-                parts = PurePosixPath(info.filename).parts
-                if len(parts) == 2 and parts[0].endswith(".dist-info") and parts[1] == "METADATA":
-                    candidates.append(info)
-            # Several .dist-info directories would be a broken wheel; take the project's own.
-            own = [
-                c for c in candidates if _dist_info_name(PurePosixPath(c.filename).parts[0]) == name
-            ]
-            if len(own) != 1:
-                raise UpstreamError(f"wheel {filename} has no single .dist-info/METADATA")
-            if own[0].file_size > MAX_MEMBER_BYTES:
-                raise UpstreamError(
-                    f"METADATA in {filename} is larger than {MAX_MEMBER_BYTES} bytes"
-                )
-            with archive.open(own[0]) as handle:
-                return _read_limited(handle, f"METADATA in {filename}")
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise UpstreamError(f"wheel {filename} is not a readable zip file: {_reason(exc)}") from exc
+        return dists.wheel_metadata(path, name, filename)
+    except DistributionError as exc:
+        raise UpstreamError(str(exc)) from exc
 
 
 @dataclass(frozen=True)

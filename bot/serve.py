@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import math
-import re
 import shutil
 import socket
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from packaging.utils import canonicalize_name
 
 import bot
+from bot import dists
 
 Log = Callable[[str], None]
 
@@ -40,7 +40,6 @@ _PREFERRED = (JSON_V1, _LATEST_JSON, HTML_V1, _LATEST_HTML, TEXT_HTML)
 _PREFERRED_WILDCARD = (TEXT_HTML, JSON_V1, _LATEST_JSON, HTML_V1, _LATEST_HTML)
 _PAGE_FILE = {JSON_V1: "index.json", HTML_V1: "index.html", TEXT_HTML: "index.html"}
 
-_VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
 _CHUNK = 1024 * 1024
 
 
@@ -203,7 +202,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_page(self._index.root / "simple", body=body)
         elif len(rest) == 1 or (len(rest) == 2 and rest[1] == ""):
             name = rest[0]
-            if not _VALID_NAME.match(name):
+            if not dists.is_project_name(name):
                 self._send_text(HTTPStatus.NOT_FOUND, "not found\n", body=body)
                 return
             normalized = canonicalize_name(name)

@@ -20,6 +20,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
+from bot.dists import is_bare_filename
 from bot.errors import UpstreamError, first_line
 
 # PEP 691: JSON preferred, HTML accepted; text/html last so PEP 503-only servers still answer.
@@ -117,11 +118,6 @@ def url_problem(url: str) -> str | None:
     except (ValueError, httpx.InvalidURL) as exc:
         return first_line(exc)
     return None
-
-
-def is_bare_filename(name: str) -> bool:
-    """A name that is one file in one directory: no separators, no parent, not hidden."""
-    return bool(name) and not ("/" in name or "\\" in name or "\0" in name or name.startswith("."))
 
 
 def _parse_time(text: str) -> datetime:

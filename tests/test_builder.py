@@ -217,12 +217,12 @@ def test_failing_backend_is_not_ok_with_failure_in_log(tmp_path: Path, work: Pat
 @pytest.mark.parametrize(
     ("project", "version", "files", "reason_part"),
     [
-        ("other", "1.0", stub_files(), "does not match project other 1.0"),
-        ("demo", "2.0", stub_files(), "does not match project demo 2.0"),
+        ("other", "1.0", stub_files(), "not of other 1.0"),
+        ("demo", "2.0", stub_files(), "not of demo 2.0"),
         # Filename right, METADATA naming another project: the filename alone is not trusted.
         ("demo", "1.0", stub_files(meta_name="evil"), "METADATA says evil 1.0"),
         ("demo", "1.0", stub_files(meta_version="9.9"), "METADATA says demo 9.9"),
-        ("demo", "1.0", stub_files(dist="demo-1.0-x-y"), "invalid wheel filename"),
+        ("demo", "1.0", stub_files(dist="demo-1.0-x-y"), "is not a wheel filename"),
     ],
 )
 def test_wheel_not_matching_project_is_refused(

@@ -195,7 +195,7 @@ def test_same_filename_twice_with_different_bytes_is_refused(root: Path, wheels:
         (
             "demo",
             lambda d: assemble_wheel(d, "demo", "1.0", metadata_name="evil"),
-            "METADATA names",
+            "METADATA says evil",
         ),
         (
             "demo",
@@ -220,7 +220,7 @@ def test_files_that_are_not_wheels_are_refused(root: Path, wheels: Path) -> None
     not_zip.write_bytes(b"not a zip")
     bad_name = wheels / "demo-1.0.tar.gz"
     bad_name.write_bytes(b"")
-    with pytest.raises(PublishError, match="not a valid zip"):
+    with pytest.raises(PublishError, match="not a readable zip file"):
         publish(root, "demo", [not_zip], now=NOW)
     with pytest.raises(PublishError, match="not a wheel filename"):
         publish(root, "demo", [bad_name], now=NOW)
