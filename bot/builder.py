@@ -25,7 +25,7 @@ from packaging.version import InvalidVersion, Version
 from bot import __version__, dists
 from bot.build.extract import ExtractionRefused, Limits, extract_sdist
 from bot.build.sandbox import Sandbox, find_sandbox, limited, pids_cgroup, process_limit_note
-from bot.errors import BuildError, DistributionError
+from bot.errors import BuildError, DistributionError, one_line
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -319,7 +319,7 @@ def build_wheel(
                 log.append(_as_text(exc.output))
                 return result(False, (), f"timed out after {timeout:g} s")
             except OSError as exc:
-                return result(False, (), f"cannot run {python}: {_one_line(exc)}")
+                return result(False, (), f"cannot run {python}: {one_line(exc)}")
         output = _as_text(proc.stdout) + _as_text(proc.stderr)
         log.append(output)
         outcome = _driver_result(control / "result.json")
@@ -380,7 +380,7 @@ def _probe(
         lines = (probe.stdout or "").strip().splitlines()
         info = json.loads(lines[-1]) if probe.returncode == 0 and lines else None
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        raise _Rejected(f"cannot run {python}: {_one_line(exc)}") from exc
+        raise _Rejected(f"cannot run {python}: {one_line(exc)}") from exc
     if not isinstance(info, dict):
         log.append(probe.stdout or "")
         raise _Rejected(f"cannot run {python} (exit {probe.returncode})")
@@ -441,7 +441,7 @@ def _frontend(python: str, version: str, frontends: Path, runner: Runner, log: l
             )
         except (OSError, subprocess.SubprocessError) as exc:
             shutil.rmtree(partial, ignore_errors=True)
-            raise _Rejected(f"cannot install pypa/build for {python}: {_one_line(exc)}") from exc
+            raise _Rejected(f"cannot install pypa/build for {python}: {one_line(exc)}") from exc
         log.append(_as_text(done.stdout))
         if done.returncode != 0:
             shutil.rmtree(partial, ignore_errors=True)
@@ -531,7 +531,3 @@ def _as_text(output: str | bytes | None) -> str:
     if isinstance(output, bytes):
         return output.decode("utf-8", errors="replace")
     return output
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

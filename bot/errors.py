@@ -74,6 +74,8 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its whole message with every run of whitespace one space."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+def one_line(exc: BaseException, *, limit: int | None = None) -> str:
+    """An exception as one line: its whole message with every run of whitespace one space,
+    cut to ``limit`` characters (with "...") where a tool explains over many lines."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

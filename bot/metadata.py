@@ -30,7 +30,13 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from bot import dists
-from bot.errors import DistributionError, HashMismatch, UpstreamError, UpstreamUnavailable
+from bot.errors import (
+    DistributionError,
+    HashMismatch,
+    UpstreamError,
+    UpstreamUnavailable,
+    first_line,
+)
 from bot.fsutil import atomic_write_text
 from bot.simple import DistFile
 from bot.upstream import Upstream
@@ -246,8 +252,7 @@ def _sdist_rank(dist: DistFile) -> tuple[bool, bool, bool, str]:
 
 def _reason(exc: BaseException) -> str:
     # Errors are one line (the CLI prints them so); tarfile, for one, explains over several.
-    lines = str(exc).strip().splitlines()
-    return lines[0].strip().rstrip(":") if lines else type(exc).__name__
+    return first_line(exc).strip().rstrip(":")
 
 
 def _header_text(value: Any) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO
 
+from bot.errors import one_line
 from bot.fsutil import CHUNK
 
 
@@ -117,7 +118,7 @@ def extract_sdist(sdist: Path, dest: Path, limits: Limits = DEFAULT_LIMITS) -> i
         _clear(dest)
         if isinstance(exc, ExtractionRefused) or not isinstance(exc, _READ_ERRORS):
             raise
-        raise ExtractionRefused(f"cannot read sdist {sdist.name}: {_one_line(exc)}") from exc
+        raise ExtractionRefused(f"cannot read sdist {sdist.name}: {one_line(exc)}") from exc
     return 0 if newest is None else int(newest)
 
 
@@ -549,7 +550,3 @@ def _size(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.2f}".rstrip("0").rstrip(".") + f" {unit}"
     return f"{int(n)} bytes"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

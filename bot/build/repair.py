@@ -25,6 +25,8 @@ from installer.sources import WheelFile
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
+from bot.errors import one_line
+
 __all__ = [
     "Checked",
     "Sandboxed",
@@ -162,12 +164,6 @@ def _exit_text(returncode: int) -> str:
     return f"exit code {returncode}"
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception as one line of at most 300 characters (installer lists issues on many)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 def _record_problem(wheel: Path) -> str | None:
     """Why the wheel's RECORD does not account for its members exactly, or None when it does."""
     # auditwheel audits only the files RECORD lists, then rewrites RECORD over everything it
@@ -176,7 +172,7 @@ def _record_problem(wheel: Path) -> str | None:
         with WheelFile.open(wheel) as source:
             source.validate_record()
     except (InstallerError, ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
-        return _one_line(exc)
+        return one_line(exc, limit=300)
     return None
 
 
@@ -192,7 +188,7 @@ def _elf_members(wheel: Path) -> list[str]:
                     if member.read(4) == b"\x7fELF":
                         found.append(info.filename)
     except (zipfile.BadZipFile, OSError) as exc:
-        return [f"<unreadable: {_one_line(exc)}>"]
+        return [f"<unreadable: {one_line(exc, limit=300)}>"]
     return found
 
 
@@ -441,7 +437,7 @@ def _install(
     except InvalidRequirement as exc:
         return "", [], f"invalid Requires-Dist: {exc}"
     except (InstallerError, ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
-        return "", [], _one_line(exc)
+        return "", [], one_line(exc, limit=300)
     return canonicalize_name(source.distribution), requirements, None
 
 
@@ -561,7 +557,7 @@ def import_check(
     try:
         modules = top_level_modules(wheel)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        return Checked(False, None, f"cannot read {wheel.name}: {_one_line(exc)}", "")
+        return Checked(False, None, f"cannot read {wheel.name}: {one_line(exc, limit=300)}", "")
     if not modules:
         note = f"{wheel.name} has no importable module: nothing to import\n"
         return Checked(True, wheel, None, note)
@@ -593,7 +589,7 @@ def import_check(
     except InvalidRequirement as exc:
         return fail(f"cannot install {wheel.name}: invalid Requires-Dist: {exc}")
     except (InstallerError, ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
-        return fail(f"cannot install {wheel.name}: {_one_line(exc)}")
+        return fail(f"cannot install {wheel.name}: {one_line(exc, limit=300)}")
 
     if requirements:
         # The dependencies go in before the wheel: pip --python runs pip under the venv's
