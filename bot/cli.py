@@ -20,6 +20,7 @@ from bot import (
     gate,
     index,
     index_verify,
+    lint,
     nginx,
     registry,
     serve,
@@ -424,7 +425,7 @@ def cmd_build(args: argparse.Namespace, state: State) -> int:
     return 1 if summary.errors or summary.failed else 0
 
 
-def _exists_upstream(upstream: Upstream) -> registry.ProjectCheck:
+def _exists_upstream(upstream: Upstream) -> lint.ProjectCheck:
     def check(project: str) -> tuple[str, str] | None:
         try:
             upstream.project(project)
@@ -441,23 +442,23 @@ def cmd_registry(args: argparse.Namespace, state: State | None) -> int:
     if args.action == "add":
         upstream = _upstream(args)
         page = upstream.project(args.project)  # ProjectNotFound is the user's one-line error
-        path = registry.add(args.registry, args.project, args.maintainers, args.consent)
+        path = lint.add(args.registry, args.project, args.maintainers, args.consent)
         print(f"wrote {path} for {args.project} ({page.url}); open a pull request with it")
         return 0
     paths = args.paths or [args.registry]
     only = None
     if args.changed_since:
-        only = registry.changed_since(args.changed_since, args.registry)
+        only = lint.changed_since(args.changed_since, args.registry)
         paths = [args.registry]
-    checked = only if only is not None else registry.expand(paths)
+    checked = only if only is not None else lint.expand(paths)
     exists = None if args.offline else _exists_upstream(_upstream(args))
-    problems = registry.lint(paths, only=only, exists=exists)
+    problems = lint.lint(paths, only=only, exists=exists)
     if args.format == "markdown":
-        print(registry.format_markdown(problems, checked), end="")
+        print(lint.format_markdown(problems, checked), end="")
     elif args.format == "json":
-        print(registry.format_json(problems, checked), end="")
+        print(lint.format_json(problems, checked), end="")
     else:
-        print(registry.format_text(problems), end="")
+        print(lint.format_text(problems), end="")
         if problems:
             print(f"{len(problems)} problem(s) in {len(checked)} file(s)", file=sys.stderr)
     return 1 if problems else 0

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import errno
 import functools
-import hashlib
-import json
 import re
-import stat
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import packaging
-import ruamel.yaml
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from ruamel.yaml import YAML
@@ -27,10 +19,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from bot import __version__, dists
+from bot import dists
 from bot.errors import RegistryError
-from bot.fsutil import atomic_write_bytes, atomic_write_text
-from bot.gcutil import gc_paused
 
 # A forge handle as GitHub spells them: alphanumerics and single inner hyphens, at most 39 long.
 HANDLE_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$")
@@ -519,313 +509,11 @@ def _assemble(files: Sequence[Path], results: Sequence[_Loaded]) -> Registry:
     return Registry(valid, tuple(problems), tuple(files), positions)
 
 
-# The registry cache. JSON, not pickle: an Entry is strings, tuples of strings and booleans
-# besides its path, and a Problem two ints and two strings besides its path, so a few lines
-# rebuild both exactly, and reading the file can never run code, whoever wrote it.
-CACHE_FORMAT = 1
-# A file changed within the same mtime tick as it was read keeps its stat (same size, same
-# mtime on a coarse-clock filesystem): git's "racy" entries. Files whose mtime is this close
-# to the start of the load that read them are parsed again next time instead of cached. The
-# load's start is earlier than any read, so the window covers every read; 2 s covers FAT's
-# 2-second mtimes and the 1-second ones of ext3 and HFS+.
-RACY_NS = 2_000_000_000
-# Entry's fields as a record stores them, in order; the path is the file's own.
-_ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry) if f.name != "path")
-_PATH_AT = [f.name for f in dataclasses.fields(Entry)].index("path")
-
-# (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns): ctime too, as git does, because tools
-# that restore an mtime (touch -d, cp -p, rsync -t) cannot restore it.
-_Signature = tuple[int, int, int, int, int]
-# The stat errors for which Path.is_file() says False instead of raising, as registry_files has it.
-_GONE = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
-
-
 def load_directory(directory: Path, *, cache: Path | None = None) -> Registry:
-    """Load a registry directory; with ``cache``, parse only the files changed since last time.
-
-    Every tick loads the whole registry, and parsing is what costs (about 0.4 ms a file with
-    ruamel's round-trip loader): the cache keeps each file's own result, keyed by its path and
-    stat, and the result is the same Registry an uncached load gives.
-    """
+    """Load a registry directory; with ``cache``, parse only the files changed since last time
+    (``bot.registry_cache``, the same Registry an uncached load gives)."""
     if cache is None:
         return load(registry_files(directory))
-    started = time.time_ns()
-    listing = _stat_files(directory)
-    with gc_paused():
-        old = _read_cache(cache)
-        hits = [_cache_hit(old.get(str(path)), path, signature) for path, signature in listing]
-    results = [
-        hit if hit is not None else _load_entry(path)
-        for (path, _), hit in zip(listing, hits, strict=True)
-    ]
-    kept = _kept(listing, results, hits, old, started)
-    if kept is not None:
-        _write_cache(cache, kept)
-    with gc_paused():
-        return _assemble([path for path, _ in listing], results)
+    from bot.registry_cache import load_cached  # it builds on this module
 
-
-def _kept(
-    listing: Sequence[tuple[Path, _Signature]],
-    results: Sequence[_Loaded],
-    hits: Sequence[_Loaded | None],
-    old: Mapping[str, list[Any]],
-    started: int,
-) -> dict[str, list[Any]] | None:
-    """The records the cache should now hold, or None when they are the ones it holds."""
-    kept: dict[str, list[Any]] = {}
-    parsed = False  # a file parsed and kept
-    for (path, signature), result, hit in zip(listing, results, hits, strict=True):
-        if signature[3] >= started - RACY_NS:
-            continue  # racy: parsed again next time
-        key = str(path)
-        record = old[key] if hit is not None else _record(signature, result, path)
-        parsed = parsed or (hit is None and record is not None)
-        if record is not None:
-            kept[key] = record
-    return kept if parsed or kept.keys() != old.keys() else None
-
-
-def _stat_files(directory: Path) -> list[tuple[Path, _Signature]]:
-    """``registry_files(directory)`` with each file's stat: its one stat a file, kept.
-
-    The stat is taken before the file is read, so a change after it is never cached under it.
-    """
-    if not directory.is_dir():
-        raise RegistryError(f"{directory}: no such registry directory")
-    found: list[tuple[Path, _Signature]] = []
-    for path in directory.iterdir():
-        if path.suffix not in (".yaml", ".yml"):
-            continue
-        try:
-            st = path.stat()
-        except OSError as exc:
-            if exc.errno not in _GONE:
-                raise
-            continue
-        if stat.S_ISREG(st.st_mode):
-            found.append((path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)))
-    # One directory, so by name is the order of sorted(paths), without comparing Paths.
-    found.sort(key=lambda pair: pair[0].name)
-    return found
-
-
-@functools.cache
-def _cache_stamp() -> dict[str, object]:
-    """What a cache must have been written by: this format, this wheelstock, this code.
-
-    The version alone is not enough while it stays a .dev version across commits, so the
-    digest of this module (the schema, the checks and the record layout) is part of it too,
-    and the parser's and packaging's versions, whose messages and rules the results hold.
-    """
-    try:
-        code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    except OSError:  # pragma: no cover - run from a zip: the version has to do
-        code = ""
-    return {
-        "format": CACHE_FORMAT,
-        "wheelstock": __version__,
-        "code": code,
-        "ruamel.yaml": ruamel.yaml.__version__,
-        "packaging": packaging.__version__,
-    }
-
-
-def _read_cache(cache: Path) -> dict[str, list[Any]]:
-    """The cached records by path; empty (so rebuilt) if missing, truncated, unreadable or stale."""
-    try:
-        document = json.loads(cache.read_bytes())
-        if not isinstance(document, dict) or document.get("stamp") != _cache_stamp():
-            return {}
-        files = document["files"]
-        return {k: r for k, r in files.items() if isinstance(r, list) and len(r) == 8}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        return {}
-
-
-def _write_cache(cache: Path, kept: Mapping[str, list[Any]]) -> None:
-    """Write the cacheable records, atomically, so a killed tick leaves the old cache or this."""
-    document = {"stamp": _cache_stamp(), "files": kept}
-    # ensure_ascii: a YAML escape can put a lone surrogate in a value, which UTF-8 cannot hold.
-    data = json.dumps(document, separators=(",", ":")).encode("ascii")
-    try:
-        atomic_write_bytes(cache, data)
-    except OSError as exc:
-        # Loud, not skipped: a cache that can never be written would slow every tick unseen.
-        reason = exc.strerror or str(exc)
-        raise RegistryError(f"{cache}: cannot write the registry cache: {reason}") from exc
-
-
-def _record(signature: _Signature, result: _Loaded, path: Path) -> list[Any] | None:
-    """One file's stat and result as JSON: signature, entry fields, problems, claim.
-
-    Paths are left out, being the file's own; a result that names another is not cached.
-    """
-    entry, problems, claim = result
-    if (entry is not None and entry.path != path) or any(p.path != path for p in problems):
-        return None  # pragma: no cover - _load_entry names only the file it reads
-    fields = [getattr(entry, name) for name in _ENTRY_FIELDS] if entry is not None else None
-    found = [[p.line, p.column, p.code, p.message] for p in problems]
-    return [*signature, fields, found, list(claim) if claim is not None else None]
-
-
-def _cache_hit(record: list[Any] | None, path: Path, signature: _Signature) -> _Loaded | None:
-    """The cached result if the file's stat is the one it was cached with, else None."""
-    if record is None or tuple(record[:5]) != signature:
-        return None
-    try:
-        fields, found, claim = record[5:]
-        entry = None
-        if fields is not None:
-            if len(fields) != len(_ENTRY_FIELDS):
-                return None
-            values: list[Any] = [tuple(v) if isinstance(v, list) else v for v in fields]
-            values.insert(_PATH_AT, path)
-            entry = Entry(*values)
-        problems = [Problem(path, int(line), int(col), code, msg) for line, col, code, msg in found]
-        if claim is not None:
-            claim = (str(claim[0]), int(claim[1]), int(claim[2]))
-    except (ValueError, TypeError, IndexError):
-        return None  # a damaged record: parse the file instead
-    return entry, problems, claim
-
-
-def expand(paths: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(registry_files(path))
-        elif path.exists():
-            files.append(path)
-        else:
-            raise RegistryError(f"{path}: no such file or directory")
-    return files
-
-
-def changed_since(ref: str, directory: Path) -> list[Path]:
-    """Registry files added or modified since ``ref`` (merge base), as a PR check sees them."""
-    import git  # here only: importing GitPython runs `git version` (twice), in every command
-
-    try:
-        repo = git.Repo(directory, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
-        raise RegistryError(f"{directory}: not inside a git repository") from exc
-    root = Path(str(repo.working_tree_dir)).resolve()
-    try:
-        out = repo.git.diff(
-            "--name-only", "--diff-filter=d", f"{ref}...HEAD", "--", str(directory.resolve())
-        )
-    except git.GitCommandError as exc:
-        raise RegistryError(f"--changed-since: git cannot compare with {ref!r}") from exc
-    changed = [root / line for line in out.splitlines() if line.endswith((".yaml", ".yml"))]
-    return [p for p in changed if p.is_file()]
-
-
-# Asks upstream about a project: None when it exists, else (code, message).
-ProjectCheck = Callable[[str], tuple[str, str] | None]
-
-
-def lint(
-    paths: Sequence[Path],
-    *,
-    only: Sequence[Path] | None = None,
-    exists: ProjectCheck | None = None,
-) -> list[Problem]:
-    """Every problem in the given files and directories, in file order.
-
-    ``only`` restricts the report to those files (the whole registry is still read, so a
-    project enrolled twice is caught); ``exists`` asks upstream about each valid entry.
-    """
-    files = expand(paths)
-    registry = load(files)
-    problems = list(registry.problems)
-    if exists is not None:
-        for entry in registry.entries:
-            if only is not None and entry.path.resolve() not in {p.resolve() for p in only}:
-                continue
-            found = exists(entry.project)
-            if found is not None:
-                line, col = registry.positions.get(entry.path, (1, 1))
-                problems.append(Problem(entry.path, line, col, *found))
-    if only is not None:
-        wanted = {p.resolve() for p in only}
-        problems = [p for p in problems if p.path.resolve() in wanted]
-    return problems
-
-
-def format_text(problems: Sequence[Problem]) -> str:
-    return "".join(f"{p}\n" for p in problems)
-
-
-def format_json(problems: Sequence[Problem], checked: Sequence[Path]) -> str:
-    document = {
-        "files": [str(p) for p in checked],
-        "problems": [p.to_json() for p in problems],
-        "codes": {code: CODES[code] for code in sorted({p.code for p in problems})},
-    }
-    return json.dumps(document, indent=2) + "\n"
-
-
-def format_markdown(problems: Sequence[Problem], checked: Sequence[Path]) -> str:
-    """The comment for an enrolment PR: every problem per file, then what happens next."""
-    lines = ["### wheelstock registry lint", ""]
-    if not checked:
-        lines += ["No registry entries changed; nothing to check.", ""]
-        return "\n".join(lines)
-    if not problems:
-        names = ", ".join(f"`{p.name}`" for p in checked)
-        lines += [
-            f"All good: {names} passed every check.",
-            "",
-            "**What happens next**",
-            "- A volunteer reviews and merges this pull request.",
-            "- On its next run the bot creates the project's feedstock at the newest final",
-            "  upstream release, builds its wheels, and waits for one of the listed maintainers",
-            "  to approve them with `wheelstock review approve PROJECT VERSION --as HANDLE`.",
-            "- Only approved wheels reach the index.",
-            "",
-        ]
-        return "\n".join(lines)
-    by_file: dict[Path, list[Problem]] = defaultdict(list)
-    for problem in problems:
-        by_file[problem.path].append(problem)
-    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-    lines += [f"Found {count} in {len(by_file)} file{'s' if len(by_file) != 1 else ''}.", ""]
-    for path, found in by_file.items():
-        lines += [f"#### `{path}`", ""]
-        lines += [f"- line {p.line}, column {p.column}: `{p.code}` {p.message}" for p in found]
-        lines.append("")
-    lines += [
-        "**What happens next**",
-        "- Fix the problems above and push to this branch; the check runs again and this",
-        "  comment is replaced.",
-        "- Once the check passes, a volunteer reviews and merges the entry, and the bot builds",
-        "  the project's wheels for a listed maintainer to approve.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def entry_text(project: str, maintainers: Sequence[str], consent: str) -> str:
-    """A new entry file, in the same shape as the README's annotated example."""
-    handles = "".join(f"  - {m}\n" for m in maintainers)
-    return (
-        f"project: {json.dumps(project)}\n"
-        f"maintainers:  # forge handles who may approve builds\n{handles}"
-        f"consent: {json.dumps(consent)}  # where the project agreed to these builds\n"
-    )
-
-
-def add(directory: Path, project: str, maintainers: Sequence[str], consent: str) -> Path:
-    """Write a new, valid entry under its canonical file name."""
-    path = directory / f"{canonicalize_name(project)}.yaml"
-    if path.exists():
-        raise RegistryError(f"{path} already exists")
-    text = entry_text(project, maintainers, consent)
-    # Validate the exact text before it lands, so a bad handle or URL never writes a file.
-    _, problems = load_entry(path, text)
-    if problems:
-        raise RegistryError("; ".join(p.message for p in problems))
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
-    return path
+    return load_cached(directory, cache)

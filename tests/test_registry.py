@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import registry
+from bot import lint, registry
 from bot.cli import main
 from bot.errors import RegistryError
 
@@ -187,7 +187,7 @@ def test_every_lint_code_with_its_position(
     tmp_path: Path, text: str, code: str, line: int, column: int, message: str
 ) -> None:
     path = write(tmp_path, "demo.yaml", text)
-    problems = registry.lint([tmp_path])
+    problems = lint.lint([tmp_path])
     found = [p for p in problems if p.code == code]
     assert found, problems
     assert any(p.line == line and p.column == column and message in p.message for p in found), found
@@ -203,7 +203,7 @@ def test_every_code_is_exercised_and_described() -> None:
 def test_duplicate_projects_across_files_by_spelling(tmp_path: Path) -> None:
     write(tmp_path, "demo-pkg.yaml", GOOD)
     write(tmp_path, "demo_pkg.yaml", GOOD.replace("Demo_Pkg", "demo.PKG"))
-    problems = [p for p in registry.lint([tmp_path]) if p.code == "WS121"]
+    problems = [p for p in lint.lint([tmp_path]) if p.code == "WS121"]
     assert [(p.path.name, p.line, p.column) for p in problems] == [
         ("demo-pkg.yaml", 2, 10),
         ("demo_pkg.yaml", 2, 10),
@@ -216,7 +216,7 @@ def test_lint_reports_every_problem_at_once(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", "project: a\nmaintainers: []\nconsent: nope\nextra: 1\n")
     write(tmp_path, "b.yaml", "project: b\nmaintainers: [ok]\nconsent: https://e.org/b\n")
     write(tmp_path, "c.yaml", "{{{")
-    problems = registry.lint([tmp_path])
+    problems = lint.lint([tmp_path])
     assert [(p.path.name, p.line, p.code) for p in problems] == [
         ("a.yaml", 2, "WS130"),
         ("a.yaml", 3, "WS140"),
@@ -287,7 +287,7 @@ def test_changed_since_lints_only_what_a_pr_touches(
     (reg / "gone.yaml").unlink()
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "enrol new")
-    assert registry.changed_since("main", reg) == [new]
+    assert lint.changed_since("main", reg) == [new]
     code = main(
         ["registry", "lint", "--offline", "--registry", str(reg), "--changed-since", "main"]
     )
@@ -298,13 +298,13 @@ def test_changed_since_lints_only_what_a_pr_touches(
     write(reg, "OLD.yaml", "project: OLD\nmaintainers: [x]\nconsent: https://e.org/o\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "dup")
-    problems = registry.lint([reg], only=registry.changed_since("main", reg))
+    problems = lint.lint([reg], only=lint.changed_since("main", reg))
     assert {(p.path.name, p.code) for p in problems} >= {("OLD.yaml", "WS121")}
     assert all(p.path.name != "old.yaml" for p in problems)
     with pytest.raises(RegistryError, match="cannot compare with 'nope'"):
-        registry.changed_since("nope", reg)
+        lint.changed_since("nope", reg)
     with pytest.raises(RegistryError, match="not inside a git repository"):
-        registry.changed_since("main", write(tmp_path / "plain", "x.yaml", "").parent)
+        lint.changed_since("main", write(tmp_path / "plain", "x.yaml", "").parent)
 
 
 def test_add_writes_a_valid_entry(workspace: Workspace, tmp_path: Path) -> None:

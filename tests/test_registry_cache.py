@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import registry
+from bot import registry, registry_cache
 from bot.errors import RegistryError
 
 GOOD = "project: {name}\nmaintainers:\n  - alice\nconsent: https://example.invalid/issues/{n}\n"
@@ -55,7 +55,9 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         seen.append(path)
         return real(path, text)
 
+    # Both loads, the uncached one (bot.registry) and the cached one (bot.registry_cache).
     monkeypatch.setattr(registry, "_load_entry", counting)
+    monkeypatch.setattr(registry_cache, "_load_entry", counting)
     return seen
 
 
@@ -136,7 +138,7 @@ def _truncated(cache: Path) -> None:
 
 
 def _old_format(cache: Path) -> None:
-    tamper(cache, format=registry.CACHE_FORMAT - 1)
+    tamper(cache, format=registry_cache.CACHE_FORMAT - 1)
 
 
 def _old_wheelstock(cache: Path) -> None:

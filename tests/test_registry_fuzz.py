@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot import registry
+from bot import lint, registry
 
 VALID = {
     "project": "demo",
@@ -101,7 +101,7 @@ def test_lint_never_crashes(text: str, raw: bool) -> None:
             path.write_bytes(text.encode("utf-8", "surrogatepass")[:1_000_000])
         else:
             path.write_text(text, encoding="utf-8", errors="surrogatepass")
-        problems = registry.lint([path])
+        problems = lint.lint([path])
         entries = registry.load([path]).entries
     assert bool(problems) != bool(entries)  # either a valid entry or at least one problem
     for problem in problems:
