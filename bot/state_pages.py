@@ -1,0 +1,185 @@
+"""What the bot remembers of upstream's pages between ticks: validators, pages, digests.
+
+The watch (bot.watch) sends validators back for conditional requests and gets 304s, so the
+page itself is kept to work from; its digest names it in a project's sync fingerprint. Part
+of ``bot.state.State``, whose database it shares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sqlite3
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    # Imported for real inside the methods: state stays cheap to import without httpx.
+    from bot.simple import DistFile, ProjectPage
+    from bot.upstream import Checked, Validators
+
+# What the watch of upstream remembers per project (bot.watch): the validators for
+# conditional requests, and the page itself, so a 304 costs neither a refetch nor a parse.
+WATCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pages (
+    project TEXT PRIMARY KEY,      -- canonical name
+    url TEXT,                      -- the page as last fetched (relative links resolve from it)
+    etag TEXT,
+    last_modified TEXT,
+    files TEXT,                    -- JSON list of DistFile fields; NULL: no page (yet)
+    checked_at TEXT NOT NULL,
+    changed_at TEXT,               -- when a 200 last brought the page
+    error TEXT,                    -- the last check's one-line error; NULL when it went fine
+    failures INTEGER NOT NULL DEFAULT 0,  -- consecutive checks that failed or found nothing
+    digest TEXT                    -- sha256 of url and files: the page's identity for a sync
+);
+"""
+
+
+def now() -> str:
+    """UTC now as the state database writes times (bot.state re-exports it)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class UpstreamPages:
+    """The ``pages`` table's queries, a part of State (which opens ``db``)."""
+
+    db: sqlite3.Connection
+
+    def validators(self, index_url: str = "") -> dict[str, Validators]:
+        """What to send back per project: only where a page is kept for a 304 to reuse.
+
+        With ``index_url``, only pages fetched from under it: another index's validators could
+        earn a 304 that would pass off the old index's page as this one's.
+        """
+        from bot.upstream import Validators
+
+        rows = self.db.execute(
+            "SELECT project, etag, last_modified FROM pages WHERE files IS NOT NULL "
+            "AND (etag IS NOT NULL OR last_modified IS NOT NULL) "
+            "AND substr(url, 1, length(?)) = ?",
+            (index_url, index_url),
+        )
+        return {str(p): Validators(etag=e, last_modified=m) for p, e, m in rows}
+
+    def record_checks(self, checks: Iterable[Checked]) -> None:
+        """Store a watch's outcomes in one transaction.
+
+        changed: the new page and validators; unchanged: the time, and validators a 304 may
+        have updated; failed: the error, one more failure, the old page kept; missing: the
+        error, one more failure, and no page (upstream no longer has one).
+        """
+        stamp = now()
+        changed: list[tuple[object, ...]] = []
+        unchanged: list[tuple[object, ...]] = []
+        failed: list[tuple[object, ...]] = []
+        missing: list[tuple[object, ...]] = []
+        for check in checks:
+            etag, modified = check.validators.etag, check.validators.last_modified
+            if check.status == "changed":
+                assert check.page is not None
+                files = json.dumps([_file_row(f) for f in check.page.files])
+                digest = hashlib.sha256(f"{check.page.url}\n{files}".encode()).hexdigest()
+                changed.append(
+                    (check.name, check.page.url, etag, modified, files, stamp, stamp, digest)
+                )
+            elif check.status == "unchanged":
+                unchanged.append((etag, modified, stamp, check.name))
+            elif check.status == "missing":
+                missing.append((check.name, stamp, check.error))
+            else:
+                failed.append((check.name, stamp, check.error or "failed"))
+        with self.db as db:
+            db.executemany(
+                "INSERT INTO pages (project, url, etag, last_modified, files, checked_at, "
+                "changed_at, digest, error, failures) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0) "
+                "ON CONFLICT (project) DO UPDATE SET url = excluded.url, etag = excluded.etag, "
+                "last_modified = excluded.last_modified, files = excluded.files, "
+                "checked_at = excluded.checked_at, changed_at = excluded.changed_at, "
+                "digest = excluded.digest, error = NULL, failures = 0",
+                changed,
+            )
+            db.executemany(
+                "UPDATE pages SET etag = ?, last_modified = ?, checked_at = ?, error = NULL, "
+                "failures = 0 WHERE project = ?",
+                unchanged,
+            )
+            db.executemany(
+                "INSERT INTO pages (project, checked_at, error, failures) VALUES (?, ?, ?, 1) "
+                "ON CONFLICT (project) DO UPDATE SET checked_at = excluded.checked_at, "
+                "error = excluded.error, failures = failures + 1",
+                failed,
+            )
+            db.executemany(
+                "INSERT INTO pages (project, checked_at, error, failures) VALUES (?, ?, ?, 1) "
+                "ON CONFLICT (project) DO UPDATE SET url = NULL, etag = NULL, "
+                "last_modified = NULL, files = NULL, digest = NULL, "
+                "checked_at = excluded.checked_at, "
+                "error = excluded.error, failures = failures + 1",
+                missing,
+            )
+
+    def cached_page(self, name: str, index_url: str = "") -> ProjectPage | None:
+        """The page as last fetched (kept through 304s and failures), if there is one.
+
+        With ``index_url``, only a page fetched from under it.
+        """
+        from bot.simple import ProjectPage
+
+        row = self.db.execute(
+            "SELECT project, url, files FROM pages WHERE project = ? AND files IS NOT NULL "
+            "AND substr(url, 1, length(?)) = ?",
+            (_canonical(name), index_url, index_url),
+        ).fetchone()
+        if row is None:
+            return None
+        project, url, files = row
+        return ProjectPage(
+            name=str(project),
+            url=str(url),
+            files=tuple(_file_from_row(item) for item in json.loads(str(files))),
+        )
+
+    def page_marks(self) -> dict[str, str]:
+        """Each stored page's digest (of its URL and files): the page a sync worked from."""
+        rows = self.db.execute("SELECT project, digest FROM pages WHERE files IS NOT NULL")
+        return {str(p): str(d) for p, d in rows if d is not None}
+
+    def page_errors(self) -> dict[str, tuple[str, int]]:
+        """Projects whose last check went wrong: (one-line error, consecutive failures)."""
+        rows = self.db.execute(
+            "SELECT project, error, failures FROM pages WHERE error IS NOT NULL ORDER BY project"
+        )
+        return {str(p): (str(e), int(f)) for p, e, f in rows}
+
+
+def _canonical(name: str) -> str:
+    from packaging.utils import canonicalize_name
+
+    return str(canonicalize_name(name))
+
+
+def _file_row(dist: DistFile) -> dict[str, object]:
+    row = dataclasses.asdict(dist)
+    if dist.upload_time is not None:
+        row["upload_time"] = dist.upload_time.isoformat()
+    return row
+
+
+def _file_from_row(row: dict[str, Any]) -> DistFile:
+    from bot.simple import DistFile
+
+    upload_time = row.get("upload_time")
+    return DistFile(
+        filename=row["filename"],
+        url=row["url"],
+        sha256=row["sha256"],
+        requires_python=row.get("requires_python"),
+        yanked=row.get("yanked"),
+        upload_time=datetime.fromisoformat(upload_time) if upload_time else None,
+        size=row.get("size"),
+        core_metadata=row.get("core_metadata"),
+    )
