@@ -1,4 +1,4 @@
-"""bot/build/repair.py: auditwheel repair and the fresh-venv import check, on real wheels."""
+"""bot/build/repair.py and importcheck.py: auditwheel repair and the import check, real wheels."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.build.repair import Checked, import_check, is_pure, repair, run_plain, top_level_modules
+from bot.build.importcheck import import_check, top_level_modules
+from bot.build.repair import Checked, is_pure, repair, run_plain
 
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}
 PLAIN_TAG = f"cp{sys.version_info.major}{sys.version_info.minor}"

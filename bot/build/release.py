@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.build.extract import Limits
+from bot.build.importcheck import import_check as import_check_wheel
 from bot.build.provenance import differing_members
-from bot.build.repair import import_check as import_check_wheel
 from bot.build.repair import is_pure, repair
 from bot.build.sandbox import Sandbox, limited, pids_cgroup
 from bot.build.targets import Interpreter
