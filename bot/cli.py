@@ -1,4 +1,9 @@
-"""The ``wheelstock`` command line: parse, call the library, print, exit codes."""
+"""The ``wheelstock`` command line: parse, call the library, print, exit codes.
+
+Over the ~500 lines a module here aims for: it is the whole command surface, one argparse
+tree and one short function per command that only parses, calls the library and prints, as
+pip's and pypa/build's are; the work lives in the modules it calls.
+"""
 
 from __future__ import annotations
 

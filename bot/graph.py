@@ -1,4 +1,10 @@
-"""The dependency graph of enrolled projects: run and build edges, cycles, build waves, impact."""
+"""The dependency graph of enrolled projects: run and build edges, cycles, build waves, impact.
+
+Over the ~500 lines a module here aims for: the fast path for plain PEP 508 requirements,
+the per-target marker evaluation and the algorithms (waves, cycle breaking, impact) share one
+node and edge representation tuned together (benchmarks/graph.py); apart, each would reach
+into the others' internals.
+"""
 
 from __future__ import annotations
 

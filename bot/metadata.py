@@ -1,4 +1,9 @@
-"""A release's dependencies, build system, license and URLs read from upstream, cached on disk."""
+"""A release's dependencies, build system, license and URLs read from upstream, cached on disk.
+
+Over the ~500 lines a module here aims for: the three ways to read them (PEP 658 metadata
+files, a wheel, an sdist's PKG-INFO and pyproject.toml), each under size limits, and the
+cache form one pipeline whose order (cheapest first) is the point.
+"""
 
 from __future__ import annotations
 

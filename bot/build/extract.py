@@ -1,4 +1,8 @@
-"""Unpack an sdist into an empty directory under limits, refusing anything that could leave it."""
+"""Unpack an sdist into an empty directory under limits, refusing anything that could leave it.
+
+Over the ~500 lines a module here aims for: tar and zip are held to the same limits, counted
+on the bytes really written, and the same filter rules; the two readers share them.
+"""
 
 from __future__ import annotations
 
