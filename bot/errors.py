@@ -61,6 +61,10 @@ class GateError(WheelstockError):
     """An approval or rejection was refused by the trust rules."""
 
 
+class GraphError(WheelstockError):
+    """The dependency graph cannot be built or cannot answer a question as asked."""
+
+
 class DistributionError(WheelstockError):
     """A wheel or sdist that is not what it claims to be (bot.dists)."""
 

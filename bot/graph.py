@@ -24,7 +24,7 @@ from packaging.markers import InvalidMarker, Marker, UndefinedComparison, Undefi
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from bot.errors import WheelstockError
+from bot.errors import GraphError
 from bot.gcutil import gc_paused
 
 __all__ = ["KINDS", "Graph", "GraphError", "Requirements", "Target", "build_graph"]
@@ -71,10 +71,6 @@ _FAST = re.compile(
 )
 _NO_EXTRAS: frozenset[str] = frozenset()
 _NO_MARKER: tuple[None, str, bool] = (None, "", False)
-
-
-class GraphError(WheelstockError):
-    """The dependency graph cannot be built or cannot answer a question as asked."""
 
 
 @dataclass(frozen=True)
