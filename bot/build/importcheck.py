@@ -31,53 +31,6 @@ from bot.errors import one_line
 
 # The import check's own lines, told apart from whatever the project prints while importing.
 _MARK = "wheelstock-import:"
-# Runs in the target venv, in the sandbox. Module names come as argv, never pasted into the code,
-# because they are read from the (untrusted) wheel.
-_IMPORT_SCRIPT = f"""\
-import importlib, sys, traceback
-for name in sys.argv[1:]:
-    print({_MARK!r}, "importing", name, file=sys.stderr, flush=True)
-    try:
-        importlib.import_module(name)
-    except BaseException as exc:
-        traceback.print_exc()
-        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        print({_MARK!r}, "failed", name, last, file=sys.stderr, flush=True)
-        sys.exit(1)
-print({_MARK!r}, "ok", file=sys.stderr, flush=True)
-"""
-# Asked of the fresh venv's interpreter (trusted: the operator's Python) once per check: where
-# installer must write, and the PEP 508 marker values that decide which Requires-Dist apply.
-# Mirrors packaging.markers.default_environment, which the bare venv cannot import.
-_PROBE = """\
-import json, os, platform, sys, sysconfig
-impl = sys.implementation.version
-iver = f"{impl.major}.{impl.minor}.{impl.micro}"
-if impl.releaselevel != "final":
-    iver += impl.releaselevel[0] + str(impl.serial)
-print(json.dumps({"paths": sysconfig.get_paths(), "markers": {
-    "implementation_name": sys.implementation.name,
-    "implementation_version": iver,
-    "os_name": os.name,
-    "platform_machine": platform.machine(),
-    "platform_release": platform.release(),
-    "platform_system": platform.system(),
-    "platform_version": platform.version(),
-    "python_full_version": platform.python_version(),
-    "platform_python_implementation": platform.python_implementation(),
-    "python_version": ".".join(platform.python_version_tuple()[:2]),
-    "sys_platform": sys.platform,
-}}))
-"""
-_MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
-# The wheel comes out of the project's backend: its RECORD is read whole, so it is bounded (a
-# RECORD of 100,000 files is about 10 MB).
-_TEXT_LIMIT = 32 * 1024 * 1024
-# The scheme paths installer writes to (sysconfig's; "headers" is derived), relative in the cache.
-_SCHEME_KEYS = ("purelib", "platlib", "scripts", "data")
-
-# The import check's own lines, told apart from whatever the project prints while importing.
-_MARK = "wheelstock-import:"
 
 
 # Runs in the target venv, in the sandbox. Module names come as argv, never pasted into the code,
