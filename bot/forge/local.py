@@ -23,8 +23,6 @@ from dataclasses import asdict, replace
 from functools import cached_property
 from pathlib import Path
 
-import git
-
 from bot.errors import ForgeError
 from bot.forge import BOT_HANDLE, Changes, Comment, PullRequest
 from bot.fsutil import atomic_write_text
@@ -110,6 +108,10 @@ def _reason(stderr: object, stdout: object, status: object) -> str:
 @contextmanager
 def _git_errors(what: str) -> Iterator[None]:
     """Translate a failing GitPython command into one ForgeError line naming what was done."""
+    # Imported where used: importing GitPython runs `git version` twice, in every process
+    # (the CLI and each watch worker), and only creating a feedstock needs it.
+    import git
+
     try:
         yield
     except git.GitCommandError as exc:
@@ -447,6 +449,8 @@ class LocalForge:
         # Build the repository under a temporary name and rename it into place, so a failure
         # never leaves a half-made feedstock that later ticks would take for a real one.
         staging = Path(tempfile.mkdtemp(prefix=f".{project}-", dir=self.repos))
+        import git
+
         try:
             with (
                 _git_errors(f"creating {project}-feedstock"),
