@@ -1,16 +1,28 @@
-"""A simulated upstream simple index on 127.0.0.1, in its own process, for benchmarks/watch.py."""
+"""A simulated upstream simple index on 127.0.0.1, in its own process, for benchmarks/watch.py
+and benchmarks/tick.py.
+
+With ``files`` on (benchmarks/tick.py), the files a page lists can be fetched: each sdist is a
+tiny valid ``.tar.gz`` (``PKG-INFO`` and ``pyproject.toml`` under one top directory) whose real
+sha256 the page gives, and each wheel's core metadata is served at ``<wheel url>.metadata``
+(PEP 658), marked on the page (PEP 691/714 ``core-metadata``, ``data-core-metadata``) with its
+sha256. The wheels themselves are not served. Without it (benchmarks/watch.py), pages are as
+they always were: each file's "sha256" is that of its name, and only pages are served.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import gzip
 import hashlib
+import io
 import json
 import os
 import random
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -23,6 +35,48 @@ RELEASES = 3
 
 def project_name(index: int) -> str:
     return f"proj-{index:05d}"
+
+
+def version_of(number: int) -> str:
+    """The n-th release of every project (0-based): 1.0, 1.1, ..."""
+    return f"1.{number}"
+
+
+def requires_of(index: int) -> tuple[str, ...]:
+    """Requires-Dist of project ``index`` (the same in every release): 0-4 projects of lower
+    index, drawn towards the first ones, so the dependency graph has hubs and a long tail."""
+    if index == 0:
+        return ()
+    rng = random.Random(index)
+    count = rng.choice((0, 0, 1, 1, 2, 3, 4))
+    return tuple(sorted({project_name(int(index * rng.random() ** 3)) for _ in range(count)}))
+
+
+def core_metadata(name: str, version: str) -> bytes:
+    """The core metadata of ``name`` ``version``: its wheel's METADATA and its sdist's PKG-INFO."""
+    requires = "".join(f"Requires-Dist: {r}\n" for r in requires_of(int(name[5:])))
+    return (
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        f"Requires-Python: >=3.8\nLicense: MIT\n{requires}"
+    ).encode()
+
+
+PYPROJECT = (
+    b'[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+)
+
+
+def sdist_bytes(name: str, version: str) -> bytes:
+    """A tiny valid sdist, the same bytes every time (no timestamps)."""
+    stem = f"{name.replace('-', '_')}-{version}"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        members = (("PKG-INFO", core_metadata(name, version)), ("pyproject.toml", PYPROJECT))
+        for member, data in members:
+            info = tarfile.TarInfo(f"{stem}/{member}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(buffer.getvalue(), mtime=0)
 
 
 @dataclass(frozen=True)
@@ -51,13 +105,30 @@ _NOT_FOUND = _response("404 Not Found", "Content-Type: text/plain\r\n", b"not fo
 class Index:
     """The pages: project i has RELEASES releases; each change adds one more."""
 
-    def __init__(self, projects: int, mode: str, start: float) -> None:
+    def __init__(
+        self,
+        projects: int,
+        mode: str,
+        start: float,
+        *,
+        files: bool = False,
+        generations: dict[str, int] | None = None,
+    ) -> None:
         self.projects = projects
         self.mode = mode
         self.start = start
+        self.files = files
         self.pages: dict[str, _Page] = {}
+        for name, generation in (generations or {}).items():
+            page = self.page(name)
+            if page is not None:
+                page.generation = generation
+        # sha256 of (name, version)'s sdist and metadata: releases never change.
+        self.digests: dict[tuple[str, str], tuple[str, str]] = {}
         self.requests = 0
         self.not_modified = 0
+        self.file_requests = 0
+        self.metadata_requests = 0
         self.connections = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -72,14 +143,16 @@ class Index:
             page = self.pages[name] = _Page(modified=self.start)
         return page
 
-    def change(self, fraction: float, seed: int) -> list[str]:
-        count = max(1, round(self.projects * fraction))
-        chosen = random.Random(seed).sample(range(self.projects), count)
-        names = [project_name(i) for i in chosen]
+    def change(self, fraction: float, seed: int, names: list[str] | None = None) -> list[str]:
+        if names is None:
+            count = max(1, round(self.projects * fraction))
+            chosen = random.Random(seed).sample(range(self.projects), count)
+            names = [project_name(i) for i in chosen]
         now = time.time()
         for name in names:
             page = self.page(name)
-            assert page is not None
+            if page is None:
+                continue
             page.generation += 1
             page.bodies.clear()
             page.modified = now
@@ -89,37 +162,48 @@ class Index:
         cached = page.bodies.get(kind)
         if cached is not None:
             return cached
-        releases = [f"1.{n}" for n in range(RELEASES + page.generation)]
-        files = []
+        releases = [version_of(n) for n in range(RELEASES + page.generation)]
+        # (filename, sha256, sha256 of its core metadata or None)
+        files: list[tuple[str, str, str | None]] = []
         for version in releases:
             stem = f"{name.replace('-', '_')}-{version}"
-            for filename in (f"{stem}.tar.gz", f"{stem}-py3-none-any.whl"):
-                digest = hashlib.sha256(filename.encode()).hexdigest()
-                files.append((filename, digest))
+            sdist, wheel = f"{stem}.tar.gz", f"{stem}-py3-none-any.whl"
+            if self.files:
+                sdist_digest, metadata_digest = self.digest(name, version)
+                files.append((sdist, sdist_digest, None))
+                files.append((wheel, hashlib.sha256(wheel.encode()).hexdigest(), metadata_digest))
+            else:
+                for filename in (sdist, wheel):
+                    files.append((filename, hashlib.sha256(filename.encode()).hexdigest(), None))
         if kind == "json":
+            entries: list[dict[str, object]] = []
+            for i, (filename, digest, metadata) in enumerate(files):
+                entry: dict[str, object] = {
+                    "filename": filename,
+                    "url": f"/files/{name}/{filename}",
+                    "hashes": {"sha256": digest},
+                    "requires-python": ">=3.8",
+                    "size": 1000 + i,
+                    "upload-time": "2026-01-01T00:00:00.000000Z",
+                }
+                if metadata is not None:
+                    entry["core-metadata"] = {"sha256": metadata}
+                entries.append(entry)
             body = json.dumps(
                 {
                     "meta": {"api-version": "1.1"},
                     "name": name,
                     "versions": releases,
-                    "files": [
-                        {
-                            "filename": filename,
-                            "url": f"/files/{name}/{filename}",
-                            "hashes": {"sha256": digest},
-                            "requires-python": ">=3.8",
-                            "size": 1000 + i,
-                            "upload-time": "2026-01-01T00:00:00.000000Z",
-                        }
-                        for i, (filename, digest) in enumerate(files)
-                    ],
+                    "files": entries,
                 }
             ).encode()
         else:
             links = "".join(
                 f'<a href="../../files/{name}/{filename}#sha256={digest}" '
-                f'data-requires-python="&gt;=3.8">{filename}</a><br/>\n'
-                for filename, digest in files
+                f'data-requires-python="&gt;=3.8"'
+                + ("" if metadata is None else f' data-core-metadata="sha256={metadata}"')
+                + f">{filename}</a><br/>\n"
+                for filename, digest, metadata in files
             )
             body = (
                 "<!DOCTYPE html>\n<html><head>"
@@ -137,6 +221,36 @@ class Index:
         )
         page.bodies[kind] = rendered
         return rendered
+
+    def digest(self, name: str, version: str) -> tuple[str, str]:
+        """sha256 of the sdist and of the core metadata of ``name`` ``version``."""
+        known = self.digests.get((name, version))
+        if known is None:
+            known = self.digests[(name, version)] = (
+                hashlib.sha256(sdist_bytes(name, version)).hexdigest(),
+                hashlib.sha256(core_metadata(name, version)).hexdigest(),
+            )
+        return known
+
+    def file(self, path: str) -> bytes | None:
+        """The bytes at ``/files/<name>/<filename>``: a listed sdist or wheel metadata."""
+        name, _, filename = path.removeprefix("/files/").partition("/")
+        page = self.page(name)
+        if page is None or "/" in filename:
+            return None
+        stem = name.replace("-", "_") + "-"
+        sdist, metadata = ".tar.gz", "-py3-none-any.whl.metadata"
+        suffix = next((s for s in (sdist, metadata) if filename.endswith(s)), None)
+        if suffix is None or not filename.startswith(stem):
+            return None
+        version = filename[len(stem) : -len(suffix)]
+        if version not in {version_of(n) for n in range(RELEASES + page.generation)}:
+            return None
+        if suffix == metadata:
+            self.metadata_requests += 1
+            return core_metadata(name, version)
+        self.file_requests += 1
+        return sdist_bytes(name, version)
 
 
 class Connection(asyncio.Protocol):
@@ -214,18 +328,29 @@ class Connection(asyncio.Protocol):
                 index.not_modified += 1
                 return rendered.not_modified
             return rendered.ok
+        if index.files and target.startswith("/files/") and method == "GET":
+            data = index.file(target)
+            if data is None:
+                return _NOT_FOUND
+            return _response("200 OK", "Content-Type: application/octet-stream\r\n", data)
         json_type = "Content-Type: application/json\r\n"
         split = urlsplit(target)
         if split.path == "/_control/change":
             query = parse_qs(split.query)
             fraction = float(query.get("fraction", ["0.01"])[0])
             seed = int(query.get("seed", ["0"])[0])
-            names = index.change(fraction, seed)
+            given = query.get("names")
+            names = index.change(fraction, seed, given[0].split(",") if given else None)
             return _response("200 OK", json_type, json.dumps(names).encode())
+        if split.path == "/_control/generations":
+            generations = {n: p.generation for n, p in index.pages.items() if p.generation}
+            return _response("200 OK", json_type, json.dumps(generations).encode())
         if split.path == "/_control/stats":
             stats = {
                 "requests": index.requests,
                 "not_modified": index.not_modified,
+                "files": index.file_requests,
+                "metadata": index.metadata_requests,
                 "connections": index.connections,
                 "max_in_flight": index.max_in_flight,
             }
@@ -234,11 +359,13 @@ class Connection(asyncio.Protocol):
         return _NOT_FOUND
 
 
-async def serve(projects: int, mode: str, delay: float) -> None:
-    index = Index(projects, mode, time.time() - 86400)
+async def serve(
+    projects: int, mode: str, delay: float, files: bool, generations: dict[str, int], port: int
+) -> None:
+    index = Index(projects, mode, time.time() - 86400, files=files, generations=generations)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: Connection(index, delay), "127.0.0.1", 0, backlog=1024, reuse_address=True
+        lambda: Connection(index, delay), "127.0.0.1", port, backlog=1024, reuse_address=True
     )
     port = server.sockets[0].getsockname()[1]
     print(port, flush=True)
@@ -249,12 +376,27 @@ async def serve(projects: int, mode: str, delay: float) -> None:
 class Simulator:
     """Runs the simulated index in a child process; `url` is its /simple/."""
 
-    def __init__(self, projects: int, *, mode: str = "json", delay: float = 0.030) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), str(projects), mode, str(delay)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+    def __init__(
+        self,
+        projects: int,
+        *,
+        mode: str = "json",
+        delay: float = 0.030,
+        files: bool = False,
+        generations: str | None = None,
+        port: int = 0,
+    ) -> None:
+        """``files``: serve sdists and metadata (see the module's docstring); ``generations``:
+        a JSON file {name: releases added}, as `generations()` returned, to start from;
+        ``port``: a fixed port (0: any free one), for state that names the URL."""
+        argv = [sys.executable, os.path.abspath(__file__), str(projects), mode, str(delay)]
+        if files:
+            argv.append("--files")
+        if generations is not None:
+            argv += ["--generations", generations]
+        if port:
+            argv += ["--port", str(port)]
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line.strip().isdigit():
@@ -274,6 +416,18 @@ class Simulator:
         names = self.control(f"change?fraction={fraction}&seed={seed}")
         assert isinstance(names, list)
         return [str(n) for n in names]
+
+    def release(self, names: list[str]) -> list[str]:
+        """A new release of each of ``names`` (new page, new ETag)."""
+        done = self.control("change?names=" + ",".join(names))
+        assert isinstance(done, list)
+        return [str(n) for n in done]
+
+    def generations(self) -> dict[str, int]:
+        """Releases added per project since the start (only the projects that have any)."""
+        found = self.control("generations")
+        assert isinstance(found, dict)
+        return {str(k): int(v) for k, v in found.items()}
 
     def stats(self) -> dict[str, int]:
         stats = self.control("stats")
@@ -296,9 +450,16 @@ def main(argv: list[str]) -> None:
     parser.add_argument("projects", type=int)
     parser.add_argument("mode", choices=["json", "html"])
     parser.add_argument("delay", type=float)
+    parser.add_argument("--files", action="store_true", help="serve sdists and metadata")
+    parser.add_argument("--generations", help="JSON file: releases added per project")
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
+    generations: dict[str, int] = {}
+    if args.generations:
+        with open(args.generations, encoding="utf-8") as handle:
+            generations = {str(k): int(v) for k, v in json.load(handle).items()}
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.projects, args.mode, args.delay))
+        asyncio.run(serve(args.projects, args.mode, args.delay, args.files, generations, args.port))
 
 
 if __name__ == "__main__":
