@@ -30,12 +30,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import machine
 from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
 
 from bot.build.extract import Limits, extract_sdist
+from bot.build.importcheck import import_check
 from bot.build.release import build_release, sandboxed_runner
-from bot.build.repair import import_check, is_pure
+from bot.build.repair import is_pure
 from bot.build.sandbox import Sandbox, find_sandbox, limited, pids_cgroup
 from bot.build.targets import host_interpreter
 from bot.builder import DRIVER, run_in_own_session, scrubbed_env
@@ -411,16 +414,6 @@ def _versions() -> str:
     return ", ".join(found)
 
 
-def _memory() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
-    except OSError:
-        pass
-    return "? GiB"
-
-
 def _revision() -> str:
     try:
         done = subprocess.run(
@@ -463,9 +456,10 @@ def main(argv: list[str] | None = None) -> int:
         frontends = work / "frontends"
         print(
             f"{len(chosen)} sdists, a warm-up round then {rounds} timed round(s), ours and bare "
-            f"alternating; {os.cpu_count()} CPUs, {_memory()}, Python {platform.python_version()}, "
+            f"alternating; {os.cpu_count()} CPUs, {machine.memory()}, "
+            f"Python {platform.python_version()}, "
             f"{_versions()}, bubblewrap {box.version}; wheelstock {_revision()}; load average "
-            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}",
+            f"{machine.load()}",
             flush=True,
         )
         paths = {s.name: fetch(s, cache) for s in chosen}

@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import machine
 
 GOAL_FULL_RATIO = 3.0  # our full write at least this many times faster than dumb-pypi's build
 GOAL_PUBLISH_SECONDS = 0.050
@@ -740,16 +743,6 @@ def _revision() -> str:
     return f"{described or '?'} (bot/index.py blob {blob[:10] or '?'})"
 
 
-def _memory() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
-    except OSError:
-        pass
-    return "? GiB"
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
@@ -784,10 +777,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.projects:,} and {small:,} projects x {VERSIONS * 2} files; full builds "
             f"{args.rounds} rounds at {args.projects:,}, {args.small_rounds} at {small:,}, "
             f"alternating; {args.publishes} publishes of each kind; {os.cpu_count()} CPUs, "
-            f"{_memory()}, Python {platform.python_version()}, {peer}; wheelstock "
+            f"{machine.memory()}, Python {platform.python_version()}, {peer}; wheelstock "
             f"{_revision()} from {Path(bot.index.__file__).parent.parent}; verify "
             f"{'pending' if verify_pending else 'present'}; load average "
-            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; trees under {work}",
+            f"{machine.load()}; trees under {work}",
             flush=True,
         )
         sizes = [
@@ -812,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         report(sizes, rounds, args.publishes)
         verdicts(sizes, verify_pending and not sizes[-1].verify)
-        print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print(f"\nload average at the end: {machine.load()}")
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

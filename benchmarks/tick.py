@@ -89,6 +89,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import machine  # noqa: E402
 from upstream_sim import (  # noqa: E402
     RELEASES,
     Simulator,
@@ -1102,20 +1103,6 @@ def _bot_location() -> str:
     return f"bot from {Path(out.stdout.strip()).parent}"
 
 
-def _memory() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
-    except OSError:
-        pass
-    return "? GiB"
-
-
-def _load() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
@@ -1155,9 +1142,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.projects:,} projects ({OPEN_FRACTION:.0%} with an open bot PR), curve "
         f"{', '.join(f'{n:,}' for n in curve) or 'none'}; {args.runs} no-change run(s), "
         f"{args.rounds} round(s) of 1% + merges; {args.delay * 1000:.0f} ms per response; "
-        f"{os.cpu_count()} CPUs, {_memory()}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {machine.memory()}, Python {platform.python_version()}, "
         f"{_git_version()}; wheelstock {_revision()} ({_bot_location()}); load average "
-        f"{_load()}; states under {work}"
+        f"{machine.load()}; states under {work}"
         + ("; timed ticks under cProfile" if args.profile else ""),
         flush=True,
     )
@@ -1171,7 +1158,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     print(
-        f"\nload average at the end: {_load()}; the whole run took "
+        f"\nload average at the end: {machine.load()}; the whole run took "
         f"{time.perf_counter() - started:.0f} s"
     )
     return 0
