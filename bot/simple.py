@@ -15,6 +15,7 @@ from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 from packaging.utils import (
     InvalidSdistFilename,
     InvalidWheelFilename,
+    canonicalize_name,
     parse_sdist_filename,
     parse_wheel_filename,
 )
@@ -342,3 +343,45 @@ def parse_html_page(text: str, page_url: str) -> tuple[DistFile, ...]:
             )
         )
     return tuple(files)
+
+
+def parse_root_serials(data: Any, page_url: str) -> dict[str, int] | None:
+    """The change feed in a PEP 691 JSON root page: each project's ``_last-serial``.
+
+    An index may add private keys (PEP 691 reserves a leading underscore for them); one that
+    numbers every change carries the serial of each project's last change there. Returns
+    canonical name -> serial, or None when the page carries no serials at all, so the caller
+    falls back to conditional requests. A page that carries them for some projects and not
+    others, or carries something else under the key, is refused: a feed that cannot be read
+    whole must not be read in part.
+    """
+
+    def bad(what: str) -> UpstreamError:
+        return UpstreamError(f"upstream {page_url} sent an invalid root page: {what}")
+
+    if not isinstance(data, dict):
+        raise bad("the document is not a JSON object")
+    meta = data.get("meta")
+    if isinstance(meta, dict):
+        _check_api_version(meta.get("api-version"), page_url)
+    projects = data.get("projects")
+    if not isinstance(projects, list):
+        raise bad("projects is not a list")
+    serials: dict[str, int] = {}
+    missing = 0
+    for index, item in enumerate(projects):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise bad(f"projects[{index}] is not an object with a name")
+        serial = item.get("_last-serial")
+        if serial is None:
+            missing += 1
+            continue
+        if type(serial) is not int or serial < 0:
+            raise bad(f"projects[{index}]._last-serial is not a non-negative integer")
+        name = canonicalize_name(item["name"])
+        serials[name] = max(serial, serials.get(name, serial))
+    if not serials:
+        return None
+    if missing:
+        raise bad(f"{missing} of {len(projects)} projects have no _last-serial")
+    return serials
