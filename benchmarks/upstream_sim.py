@@ -7,6 +7,19 @@ sha256 the page gives, and each wheel's core metadata is served at ``<wheel url>
 (PEP 658), marked on the page (PEP 691/714 ``core-metadata``, ``data-core-metadata``) with its
 sha256. The wheels themselves are not served. Without it (benchmarks/watch.py), pages are as
 they always were: each file's "sha256" is that of its name, and only pages are served.
+
+With ``serials`` on (benchmarks/tick.py's timed ticks), the index numbers its changes, as an
+index with a change feed does: project i's serial is ``generation * projects + i + 1`` (it
+grows with each of its changes, no two projects share one, and it is the same after a restart
+from saved generations). The root page ``/simple/`` is served: in JSON (PEP 691), every
+project with its ``name`` and ``_last-serial`` and ``meta._last-serial`` the greatest (about
+1 MB at 25,000 projects), rendered once and kept until a change, with a strong ETag (304 to
+If-None-Match) and the same per-response delay as any page. Each project page gains the
+header ``X-PyPI-Last-Serial`` (on the 200 and the 304) and, in JSON, ``meta._last-serial``.
+A page's ETag stays that of its body without the serial: the serial is a function of the
+page's generation, so the ETag still names one representation, and validators taken with
+serials off (tick.py's setup) get their 304s with them on. Without ``serials``, ``/simple/``
+answers 404 as it always did, and pages are byte for byte what they were.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ from email.utils import formatdate
 from urllib.parse import parse_qs, urlsplit
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
+SERIAL_HEADER = "X-PyPI-Last-Serial"
 # Three releases of sdist + wheel per project: a typical small project's page is 1-3 kB.
 RELEASES = 3
 
@@ -112,13 +126,17 @@ class Index:
         start: float,
         *,
         files: bool = False,
+        serials: bool = False,
         generations: dict[str, int] | None = None,
     ) -> None:
         self.projects = projects
         self.mode = mode
         self.start = start
         self.files = files
+        self.serials = serials
         self.pages: dict[str, _Page] = {}
+        # The root page per kind, with serials on; dropped on every change.
+        self.roots: dict[str, _Rendered] = {}
         for name, generation in (generations or {}).items():
             page = self.page(name)
             if page is not None:
@@ -129,6 +147,8 @@ class Index:
         self.not_modified = 0
         self.file_requests = 0
         self.metadata_requests = 0
+        self.root_requests = 0
+        self.root_not_modified = 0
         self.connections = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -156,7 +176,63 @@ class Index:
             page.generation += 1
             page.bodies.clear()
             page.modified = now
+        self.roots.clear()
+        if self.serials:
+            self.root(self.root_kind(asked_json=True))  # rendered now, not in a client's time
         return names
+
+    def serial(self, name: str, page: _Page | None) -> int:
+        """The serial of ``name``'s last change (see the module's docstring)."""
+        return (page.generation if page else 0) * self.projects + int(name[5:]) + 1
+
+    def root_kind(self, asked_json: bool) -> str:
+        return "json" if self.mode == "json" and asked_json else "html"
+
+    def root(self, kind: str) -> _Rendered:
+        """The root page ``/simple/`` (serials on): every project, and its serial in JSON."""
+        cached = self.roots.get(kind)
+        if cached is not None:
+            return cached
+        names = [project_name(i) for i in range(self.projects)]
+        serials = [self.serial(name, self.pages.get(name)) for name in names]
+        last = max(serials, default=0)
+        if kind == "json":
+            body = json.dumps(
+                {
+                    "meta": {"api-version": "1.1", "_last-serial": last},
+                    "projects": [
+                        {"name": name, "_last-serial": serial}
+                        for name, serial in zip(names, serials, strict=True)
+                    ],
+                }
+            ).encode()
+        else:
+            links = "".join(f'<a href="{name}/">{name}</a>\n' for name in names)
+            body = (
+                "<!DOCTYPE html>\n<html><head>"
+                '<meta name="pypi:repository-version" content="1.1">'
+                f"<title>Simple index</title></head>\n<body>\n{links}</body></html>\n"
+            ).encode()
+        modified = max((p.modified for p in self.pages.values()), default=self.start)
+        rendered = self._rendered(body, kind, modified, last, hashlib.sha1(body).hexdigest())
+        self.roots[kind] = rendered
+        return rendered
+
+    @staticmethod
+    def _rendered(
+        body: bytes, kind: str, modified: float, serial: int | None, digest: str
+    ) -> _Rendered:
+        # Strong ETag per representation: the page varies on Accept (PEP 691).
+        etag = f'"{digest[:20]}"'
+        validators = f"ETag: {etag}\r\nLast-Modified: {formatdate(modified, usegmt=True)}\r\n"
+        if serial is not None:
+            validators += f"{SERIAL_HEADER}: {serial}\r\n"
+        content_type = JSON_V1 if kind == "json" else "text/html"
+        return _Rendered(
+            etag=etag,
+            ok=_response("200 OK", f"Content-Type: {content_type}\r\n{validators}", body),
+            not_modified=_response("304 Not Modified", validators, b""),
+        )
 
     def render(self, name: str, page: _Page, kind: str) -> _Rendered:
         cached = page.bodies.get(kind)
@@ -189,14 +265,13 @@ class Index:
                 if metadata is not None:
                     entry["core-metadata"] = {"sha256": metadata}
                 entries.append(entry)
-            body = json.dumps(
-                {
-                    "meta": {"api-version": "1.1"},
-                    "name": name,
-                    "versions": releases,
-                    "files": entries,
-                }
-            ).encode()
+            document: dict[str, object] = {
+                "meta": {"api-version": "1.1"},
+                "name": name,
+                "versions": releases,
+                "files": entries,
+            }
+            body = json.dumps(document).encode()
         else:
             links = "".join(
                 f'<a href="../../files/{name}/{filename}#sha256={digest}" '
@@ -210,15 +285,15 @@ class Index:
                 '<meta name="pypi:repository-version" content="1.1">'
                 f"<title>Links for {name}</title></head>\n<body>\n{links}</body></html>\n"
             ).encode()
-        # Strong ETag per representation: the page varies on Accept (PEP 691).
-        etag = f'"{hashlib.sha1(body).hexdigest()[:20]}"'
-        validators = f"ETag: {etag}\r\nLast-Modified: {formatdate(page.modified, usegmt=True)}\r\n"
-        content_type = JSON_V1 if kind == "json" else "text/html"
-        rendered = _Rendered(
-            etag=etag,
-            ok=_response("200 OK", f"Content-Type: {content_type}\r\n{validators}", body),
-            not_modified=_response("304 Not Modified", validators, b""),
-        )
+        # The ETag of the body without the serial (see the module's docstring).
+        digest = hashlib.sha1(body).hexdigest()
+        serial = None
+        if self.serials:
+            serial = self.serial(name, page)
+            if kind == "json":
+                document["meta"] = {"api-version": "1.1", "_last-serial": serial}
+                body = json.dumps(document).encode()
+        rendered = self._rendered(body, kind, page.modified, serial, digest)
         page.bodies[kind] = rendered
         return rendered
 
@@ -314,6 +389,15 @@ class Connection(asyncio.Protocol):
 
     def _answer(self, method: str, target: str, headers: dict[str, str]) -> bytes:
         index = self.index
+        if target == "/simple/" and method == "GET":
+            index.root_requests += 1
+            if not index.serials:
+                return _NOT_FOUND
+            rendered = index.root(index.root_kind(JSON_V1 in headers.get("accept", "")))
+            if headers.get("if-none-match") == rendered.etag:
+                index.root_not_modified += 1
+                return rendered.not_modified
+            return rendered.ok
         if target.startswith("/simple/") and method == "GET":
             name = target[8:].rstrip("/")
             page = index.page(name) if target.endswith("/") and "/" not in name else None
@@ -351,6 +435,8 @@ class Connection(asyncio.Protocol):
                 "not_modified": index.not_modified,
                 "files": index.file_requests,
                 "metadata": index.metadata_requests,
+                "root": index.root_requests,
+                "root_not_modified": index.root_not_modified,
                 "connections": index.connections,
                 "max_in_flight": index.max_in_flight,
             }
@@ -360,9 +446,19 @@ class Connection(asyncio.Protocol):
 
 
 async def serve(
-    projects: int, mode: str, delay: float, files: bool, generations: dict[str, int], port: int
+    projects: int,
+    mode: str,
+    delay: float,
+    files: bool,
+    serials: bool,
+    generations: dict[str, int],
+    port: int,
 ) -> None:
-    index = Index(projects, mode, time.time() - 86400, files=files, generations=generations)
+    index = Index(
+        projects, mode, time.time() - 86400, files=files, serials=serials, generations=generations
+    )
+    if serials:
+        index.root(index.root_kind(asked_json=True))
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: Connection(index, delay), "127.0.0.1", port, backlog=1024, reuse_address=True
@@ -383,15 +479,19 @@ class Simulator:
         mode: str = "json",
         delay: float = 0.030,
         files: bool = False,
+        serials: bool = False,
         generations: str | None = None,
         port: int = 0,
     ) -> None:
-        """``files``: serve sdists and metadata (see the module's docstring); ``generations``:
+        """``files``: serve sdists and metadata; ``serials``: number the changes, serve the
+        root page with them (both: see the module's docstring); ``generations``:
         a JSON file {name: releases added}, as `generations()` returned, to start from;
         ``port``: a fixed port (0: any free one), for state that names the URL."""
         argv = [sys.executable, os.path.abspath(__file__), str(projects), mode, str(delay)]
         if files:
             argv.append("--files")
+        if serials:
+            argv.append("--serials")
         if generations is not None:
             argv += ["--generations", generations]
         if port:
@@ -451,6 +551,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("mode", choices=["json", "html"])
     parser.add_argument("delay", type=float)
     parser.add_argument("--files", action="store_true", help="serve sdists and metadata")
+    parser.add_argument(
+        "--serials", action="store_true", help="number the changes: a root page that lists them"
+    )
     parser.add_argument("--generations", help="JSON file: releases added per project")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
@@ -459,7 +562,17 @@ def main(argv: list[str]) -> None:
         with open(args.generations, encoding="utf-8") as handle:
             generations = {str(k): int(v) for k, v in json.load(handle).items()}
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.projects, args.mode, args.delay, args.files, generations, args.port))
+        asyncio.run(
+            serve(
+                args.projects,
+                args.mode,
+                args.delay,
+                args.files,
+                args.serials,
+                generations,
+                args.port,
+            )
+        )
 
 
 if __name__ == "__main__":
