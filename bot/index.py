@@ -38,9 +38,6 @@ from bot.index_pages import (
     PROVENANCE_SUFFIX,
     IndexedFile,
     UpstreamEntry,
-    _as_dict,
-    _as_list,
-    _as_str,
     _Dist,
     _json_bytes,
     _Lines,
@@ -58,6 +55,7 @@ from bot.index_pages import (
     format_upload_time,
     propagate_yanks,
 )
+from bot.typed import Mismatch, as_dict, as_list, as_str
 
 try:  # POSIX only; elsewhere publishes are not serialised between processes.
     import fcntl
@@ -194,17 +192,19 @@ def _read_page_if_any(
     except ValueError as exc:
         raise PublishError(f"{page} is not valid JSON: {exc}") from exc
     where = f"simple/{name}/index.json"
-    entries = _as_list(_as_dict(data, where).get("files"), f"{where}: files")
     ours: list[IndexedFile] = []
     theirs: list[UpstreamEntry] = []
-    for i, item in enumerate(entries):
-        at = f"{where}: files[{i}]"
-        # Our files are linked relative to the page; upstream's by upstream's absolute URL.
-        url = _as_dict(item, at).get("url")
-        if isinstance(url, str) and "://" in url:
-            theirs.append(UpstreamEntry.from_json(item, at))
-        else:
-            ours.append(IndexedFile.from_json(item, at))
+    try:
+        for i, item in enumerate(as_list(as_dict(data, where).get("files"), f"{where}: files")):
+            at = f"{where}: files[{i}]"
+            # Our files are linked relative to the page; upstream's by upstream's absolute URL.
+            url = as_dict(item, at).get("url")
+            if isinstance(url, str) and "://" in url:
+                theirs.append(UpstreamEntry.from_json(item, at))
+            else:
+                ours.append(IndexedFile.from_json(item, at))
+    except Mismatch as exc:
+        raise PublishError(str(exc)) from exc
     return sorted(ours, key=lambda e: e.filename), sorted(theirs, key=lambda e: e.filename)
 
 
@@ -593,14 +593,14 @@ def _read_journal(raw: bytes, journal: Path) -> dict[NormalizedName, list[str]]:
     # atomic_target writes it whole, so one that does not parse is not one we wrote.
     plan: dict[NormalizedName, list[str]] = {}
     try:
-        projects = _as_dict(_as_dict(json.loads(raw), "journal").get("projects"), "projects")
+        projects = as_dict(as_dict(json.loads(raw), "journal").get("projects"), "projects")
         for key, files in projects.items():
             name = _project_name(key)
-            added = [_as_str(f, f"projects.{key}") for f in _as_list(files, f"projects.{key}")]
+            added = [as_str(f, f"projects.{key}") for f in as_list(files, f"projects.{key}")]
             if name != key or not all(map(dists.is_bare_filename, added)):
                 raise PublishError(f"projects.{key}: not a project name and bare file names")
             plan[name] = added
-    except (ValueError, PublishError) as exc:
+    except (ValueError, PublishError) as exc:  # not JSON, or a typed.Mismatch
         raise PublishError(f"{journal} is not a journal wheelstock wrote: {exc}") from exc
     return plan
 

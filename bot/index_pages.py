@@ -24,14 +24,10 @@ from packaging.version import InvalidVersion, Version
 
 from bot import dists
 from bot.errors import PublishError
+from bot.typed import Mismatch, as_dict, as_int, as_sha256, as_str, is_sha256
 
 # PEP 700 is API version 1.1 (versions, size, upload-time); PEP 629 puts it in every page.
 API_VERSION = "1.1"
-
-
-
-
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 # The JSON key and HTML attribute that link a file's signed provenance (documented, ours).
@@ -81,28 +77,29 @@ class IndexedFile:
     @classmethod
     def from_json(cls, data: object, where: str) -> IndexedFile:
         """Read a PEP 691 file entry back; `where` names the entry in error messages."""
-        obj = _as_dict(data, where)
-        filename = _as_str(obj.get("filename"), f"{where}.filename")
-        hashes = _as_dict(obj.get("hashes"), f"{where}.hashes")
-        sha256 = _as_sha256(hashes.get("sha256"), f"{where}.hashes.sha256")
-        size = obj.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise PublishError(f"{where}.size: expected a non-negative integer")
-        requires_python = obj.get("requires-python")
-        if requires_python is not None:
-            requires_python = _as_str(requires_python, f"{where}.requires-python")
-        upload_time = _as_str(obj.get("upload-time"), f"{where}.upload-time")
-        metadata_sha256: str | None = None
-        core = obj.get("core-metadata")
-        if isinstance(core, dict):
-            metadata_sha256 = _as_sha256(core.get("sha256"), f"{where}.core-metadata.sha256")
-        yanked_raw = obj.get("yanked", False)
-        if yanked_raw is True:
-            yanked: str | None = ""
-        elif yanked_raw is False:
-            yanked = None
-        else:
-            yanked = _as_str(yanked_raw, f"{where}.yanked")
+        try:
+            obj = as_dict(data, where)
+            filename = as_str(obj.get("filename"), f"{where}.filename")
+            hashes = as_dict(obj.get("hashes"), f"{where}.hashes")
+            sha256 = as_sha256(hashes.get("sha256"), f"{where}.hashes.sha256")
+            size = as_int(obj.get("size"), f"{where}.size", nonnegative=True)
+            requires_python = obj.get("requires-python")
+            if requires_python is not None:
+                requires_python = as_str(requires_python, f"{where}.requires-python")
+            upload_time = as_str(obj.get("upload-time"), f"{where}.upload-time")
+            metadata_sha256: str | None = None
+            core = obj.get("core-metadata")
+            if isinstance(core, dict):
+                metadata_sha256 = as_sha256(core.get("sha256"), f"{where}.core-metadata.sha256")
+            yanked_raw = obj.get("yanked", False)
+            if yanked_raw is True:
+                yanked: str | None = ""
+            elif yanked_raw is False:
+                yanked = None
+            else:
+                yanked = as_str(yanked_raw, f"{where}.yanked")
+        except Mismatch as exc:
+            raise PublishError(str(exc)) from exc
         provenance = isinstance(obj.get(PROVENANCE_KEY), str)
         return cls(
             filename,
@@ -181,15 +178,21 @@ class UpstreamEntry:
             entry["upload-time"] = self.upload_time
         if self.core_metadata is not None:
             digest = self.core_metadata.removeprefix("sha256=")
-            entry["core-metadata"] = {"sha256": digest} if _SHA256_HEX.match(digest) else True
+            entry["core-metadata"] = {"sha256": digest} if is_sha256(digest) else True
         if self.yanked is not None:
             entry["yanked"] = self.yanked or True
         return entry
 
     @classmethod
     def from_json(cls, data: object, where: str) -> UpstreamEntry:
-        obj = _as_dict(data, where)
-        hashes = _as_dict(obj.get("hashes", {}), f"{where}.hashes")
+        try:
+            obj = as_dict(data, where)
+            hashes = as_dict(obj.get("hashes", {}), f"{where}.hashes")
+            filename = as_str(obj.get("filename"), f"{where}.filename")
+            url = as_str(obj.get("url"), f"{where}.url")
+        except Mismatch as exc:
+            raise PublishError(str(exc)) from exc
+        # The rest is upstream's to get right: a field of another type is shown as absent.
         sha256 = hashes.get("sha256")
         size = obj.get("size")
         core = obj.get("core-metadata")
@@ -203,8 +206,8 @@ class UpstreamEntry:
         upload_time = obj.get("upload-time")
         requires_python = obj.get("requires-python")
         return cls(
-            filename=_as_str(obj.get("filename"), f"{where}.filename"),
-            url=_as_str(obj.get("url"), f"{where}.url"),
+            filename=filename,
+            url=url,
             sha256=sha256 if isinstance(sha256, str) else None,
             requires_python=requires_python if isinstance(requires_python, str) else None,
             size=size if isinstance(size, int) and not isinstance(size, bool) else None,
@@ -472,33 +475,7 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _as_dict(value: object, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise PublishError(f"{where}: expected an object")
-    return value
-
-
-def _as_list(value: object, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise PublishError(f"{where}: expected a list")
-    return value
-
-
-def _as_str(value: object, where: str) -> str:
-    if not isinstance(value, str):
-        raise PublishError(f"{where}: expected a string")
-    return value
-
-
-def _as_sha256(value: object, where: str) -> str:
-    text = _as_str(value, where)
-    if not _SHA256_HEX.match(text):
-        raise PublishError(f"{where}: expected 64 lowercase hex digits")
-    return text
-
-
 def _our_paths(entry: IndexedFile) -> tuple[str, ...]:
     """The names in files/<name>/ one of our entries accounts for: itself, PEP 658, provenance."""
     paths = (entry.filename, entry.filename + ".metadata")
     return (*paths, entry.filename + PROVENANCE_SUFFIX) if entry.provenance else paths
-

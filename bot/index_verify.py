@@ -29,19 +29,16 @@ from bot.fsutil import file_digest
 # The tree's own readers and rules, shared with the writer rather than written twice.
 from bot.index import _locked, _read_metadata
 from bot.index_pages import (
-    _SHA256_HEX,
     PROVENANCE_KEY,
     PROVENANCE_SUFFIX,
     IndexedFile,
     UpstreamEntry,
-    _as_dict,
-    _as_list,
-    _as_str,
     _file_url,
     _our_paths,
     _sha256_bytes,
     _versions,
 )
+from bot.typed import Mismatch, as_dict, as_list, as_str, is_sha256
 
 
 @dataclass(frozen=True)
@@ -180,7 +177,7 @@ def _same_attribute(key: str, html_value: str | None, json_value: str | None) ->
         # JSON `true` is metadata without a usable sha256: upstream's own value is kept in
         # HTML then (UpstreamEntry.html_attributes), anything but a sha256 we could check.
         return html_value is not None and not (
-            html_value.startswith("sha256=") and _SHA256_HEX.match(html_value[7:])
+            html_value.startswith("sha256=") and is_sha256(html_value[7:])
         )
     return html_value == json_value
 
@@ -279,15 +276,15 @@ class _Verifier:
         document = self._json(json_rel)
         if document is not None:
             try:
-                projects = _as_list(document.get("projects"), f"{json_rel}: projects")
+                projects = as_list(document.get("projects"), f"{json_rel}: projects")
                 in_json = [
-                    _as_str(
-                        _as_dict(item, f"{json_rel}: projects[{i}]").get("name"),
+                    as_str(
+                        as_dict(item, f"{json_rel}: projects[{i}]").get("name"),
                         f"{json_rel}: projects[{i}].name",
                     )
                     for i, item in enumerate(projects)
                 ]
-            except PublishError as exc:
+            except Mismatch as exc:
                 self.say(str(exc))
         if in_json is not None:
             self._twice(json_rel, in_json)
@@ -333,8 +330,8 @@ class _Verifier:
             if document.get("name") != name:
                 self.say(f"{json_rel}: name is {document.get('name')!r}, not {name!r}")
             try:
-                items = _as_list(document.get("files"), f"{json_rel}: files")
-            except PublishError as exc:
+                items = as_list(document.get("files"), f"{json_rel}: files")
+            except Mismatch as exc:
                 self.say(str(exc))
         if document is None or items is None:
             # What belongs in files/<name>/ is unknown: one line for the page, not one a file.
@@ -344,10 +341,10 @@ class _Verifier:
         for i, item in enumerate(items):
             at = f"{json_rel}: files[{i}]"
             try:
-                entry = _as_dict(item, at)
-                filename = _as_str(entry.get("filename"), f"{at}.filename")
-                url = _as_str(entry.get("url"), f"{at}.url")
-            except PublishError as exc:
+                entry = as_dict(item, at)
+                filename = as_str(entry.get("filename"), f"{at}.filename")
+                url = as_str(entry.get("url"), f"{at}.url")
+            except Mismatch as exc:
                 self.say(str(exc))
                 continue
             if any(filename == e["filename"] for e in entries):
