@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -23,6 +23,7 @@ from packaging.version import InvalidVersion, Version
 
 from bot.dists import is_bare_filename
 from bot.errors import UpstreamError, first_line
+from bot.typed import Mismatch, as_dict, as_int, as_list, as_str
 
 # PEP 691: JSON preferred, HTML accepted; text/html last so PEP 503-only servers still answer.
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
@@ -186,85 +187,82 @@ def parse_json_page(data: Any, page_url: str) -> tuple[DistFile, ...]:
     def bad(path: str, what: str) -> UpstreamError:
         return UpstreamError(f"upstream {page_url} sent an invalid project page: {path} {what}")
 
-    if not isinstance(data, dict):
-        raise bad("the document", "is not a JSON object")
-    meta = data.get("meta")
-    if isinstance(meta, dict):
-        _check_api_version(meta.get("api-version"), page_url)
-    entries = data.get("files")
-    if not isinstance(entries, list):
-        raise bad("files", "is not a list")
-    files: list[DistFile] = []
-    for index, entry in enumerate(entries):
-        at = f"files[{index}]"
-        if not isinstance(entry, dict):
-            raise bad(at, "is not an object")
-        filename = entry.get("filename")
-        if not isinstance(filename, str) or not filename:
-            raise bad(f"{at}.filename", "is not a string")
-        if not is_bare_filename(filename):
-            # The name becomes a path on disk: never a directory, a parent or a hidden file.
-            raise bad(f"{at}.filename", f"is not a bare file name: {filename!r}")
-        url = entry.get("url")
-        if not isinstance(url, str) or not url:
-            raise bad(f"{at}.url", "is not a string")
-        hashes = entry.get("hashes", {})
-        if not isinstance(hashes, dict):
-            raise bad(f"{at}.hashes", "is not an object")
-        sha256 = hashes.get("sha256")
-        if sha256 is not None and not isinstance(sha256, str):
-            raise bad(f"{at}.hashes.sha256", "is not a string")
-        requires_python = entry.get("requires-python")
-        if requires_python is not None and not isinstance(requires_python, str):
-            raise bad(f"{at}.requires-python", "is not a string")
-        # PEP 691: yanked is a bool, or a string giving the reason.
-        yanked_value = entry.get("yanked", False)
-        if yanked_value is True:
-            yanked: str | None = ""
-        elif yanked_value is False or yanked_value is None:
-            yanked = None
-        elif isinstance(yanked_value, str):
-            yanked = yanked_value
-        else:
-            raise bad(f"{at}.yanked", "is neither a boolean nor a string")
-        upload_time: datetime | None = None
-        upload_value = entry.get("upload-time")
-        if upload_value is not None:
-            if not isinstance(upload_value, str):
-                raise bad(f"{at}.upload-time", "is not a string")
-            try:
-                upload_time = _parse_time(upload_value)
-            except ValueError:
-                what = f"is not an ISO 8601 time: {upload_value!r}"
-                raise bad(f"{at}.upload-time", what) from None
-        size = entry.get("size")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-            raise bad(f"{at}.size", "is not a non-negative integer")
-        # PEP 714: `core-metadata` wins; `dist-info-metadata` is the PEP 658 name older indexes use.
-        metadata_key = "core-metadata" if "core-metadata" in entry else "dist-info-metadata"
-        try:
-            core_metadata = _json_core_metadata(entry.get(metadata_key))
-        except ValueError as exc:
-            raise bad(f"{at}.{metadata_key}", str(exc)) from None
-        try:
-            resolved = urldefrag(urljoin(page_url, url)).url
-        except ValueError:
-            resolved = None
-        if resolved is None or url_problem(resolved) is not None:
-            raise bad(f"{at}.url", f"is not a valid URL: {url!r}")
-        files.append(
-            DistFile(
-                filename=filename,
-                url=resolved,
-                sha256=sha256.lower() if sha256 else None,
-                requires_python=requires_python,
-                yanked=yanked,
-                upload_time=upload_time,
-                size=size,
-                core_metadata=core_metadata,
-            )
+    try:
+        document = as_dict(data, "the document", expected="a JSON object")
+        meta = document.get("meta")
+        if isinstance(meta, dict):
+            _check_api_version(meta.get("api-version"), page_url)
+        entries = as_list(document.get("files"), "files")
+        return tuple(
+            _json_file(entry, f"files[{index}]", page_url, bad)
+            for index, entry in enumerate(entries)
         )
-    return tuple(files)
+    except Mismatch as exc:
+        raise bad(exc.where, f"is not {exc.expected}") from None
+
+
+def _json_file(
+    data: object, at: str, page_url: str, bad: Callable[[str, str], UpstreamError]
+) -> DistFile:
+    """One file entry of a PEP 691 page; a typed.Mismatch names the first bad field."""
+    entry = as_dict(data, at)
+    # An empty name or URL is as good as none: "is not a string" too.
+    filename = as_str(entry.get("filename"), f"{at}.filename", nonempty=True, expected="a string")
+    if not is_bare_filename(filename):
+        # The name becomes a path on disk: never a directory, a parent or a hidden file.
+        raise bad(f"{at}.filename", f"is not a bare file name: {filename!r}")
+    url = as_str(entry.get("url"), f"{at}.url", nonempty=True, expected="a string")
+    hashes = as_dict(entry.get("hashes", {}), f"{at}.hashes")
+    sha256 = hashes.get("sha256")
+    if sha256 is not None:
+        sha256 = as_str(sha256, f"{at}.hashes.sha256")
+    requires_python = entry.get("requires-python")
+    if requires_python is not None:
+        requires_python = as_str(requires_python, f"{at}.requires-python")
+    # PEP 691: yanked is a bool, or a string giving the reason.
+    yanked_value = entry.get("yanked", False)
+    if yanked_value is True:
+        yanked: str | None = ""
+    elif yanked_value is False or yanked_value is None:
+        yanked = None
+    elif isinstance(yanked_value, str):
+        yanked = yanked_value
+    else:
+        raise bad(f"{at}.yanked", "is neither a boolean nor a string")
+    upload_time: datetime | None = None
+    upload_value = entry.get("upload-time")
+    if upload_value is not None:
+        upload_value = as_str(upload_value, f"{at}.upload-time")
+        try:
+            upload_time = _parse_time(upload_value)
+        except ValueError:
+            what = f"is not an ISO 8601 time: {upload_value!r}"
+            raise bad(f"{at}.upload-time", what) from None
+    size = entry.get("size")
+    if size is not None:
+        size = as_int(size, f"{at}.size", nonnegative=True)
+    # PEP 714: `core-metadata` wins; `dist-info-metadata` is the PEP 658 name older indexes use.
+    metadata_key = "core-metadata" if "core-metadata" in entry else "dist-info-metadata"
+    try:
+        core_metadata = _json_core_metadata(entry.get(metadata_key))
+    except ValueError as exc:
+        raise bad(f"{at}.{metadata_key}", str(exc)) from None
+    try:
+        resolved = urldefrag(urljoin(page_url, url)).url
+    except ValueError:
+        resolved = None
+    if resolved is None or url_problem(resolved) is not None:
+        raise bad(f"{at}.url", f"is not a valid URL: {url!r}")
+    return DistFile(
+        filename=filename,
+        url=resolved,
+        sha256=sha256.lower() if sha256 else None,
+        requires_python=requires_python,
+        yanked=yanked,
+        upload_time=upload_time,
+        size=size,
+        core_metadata=core_metadata,
+    )
 
 
 class _AnchorCollector(HTMLParser):
@@ -359,27 +357,27 @@ def parse_root_serials(data: Any, page_url: str) -> dict[str, int] | None:
     def bad(what: str) -> UpstreamError:
         return UpstreamError(f"upstream {page_url} sent an invalid root page: {what}")
 
-    if not isinstance(data, dict):
-        raise bad("the document is not a JSON object")
-    meta = data.get("meta")
-    if isinstance(meta, dict):
-        _check_api_version(meta.get("api-version"), page_url)
-    projects = data.get("projects")
-    if not isinstance(projects, list):
-        raise bad("projects is not a list")
     serials: dict[str, int] = {}
     missing = 0
-    for index, item in enumerate(projects):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise bad(f"projects[{index}] is not an object with a name")
-        serial = item.get("_last-serial")
-        if serial is None:
-            missing += 1
-            continue
-        if type(serial) is not int or serial < 0:
-            raise bad(f"projects[{index}]._last-serial is not a non-negative integer")
-        name = canonicalize_name(item["name"])
-        serials[name] = max(serial, serials.get(name, serial))
+    try:
+        document = as_dict(data, "the document", expected="a JSON object")
+        meta = document.get("meta")
+        if isinstance(meta, dict):
+            _check_api_version(meta.get("api-version"), page_url)
+        projects = as_list(document.get("projects"), "projects")
+        for index, item in enumerate(projects):
+            at = f"projects[{index}]"
+            entry = as_dict(item, at, expected="an object with a name")
+            name = as_str(entry.get("name"), at, expected="an object with a name")
+            serial = entry.get("_last-serial")
+            if serial is None:
+                missing += 1
+                continue
+            serial = as_int(serial, f"{at}._last-serial", nonnegative=True)
+            name = canonicalize_name(name)
+            serials[name] = max(serial, serials.get(name, serial))
+    except Mismatch as exc:
+        raise bad(f"{exc.where} is not {exc.expected}") from None
     if not serials:
         return None
     if missing:
