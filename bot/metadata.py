@@ -44,6 +44,7 @@ from bot.errors import (
 )
 from bot.fsutil import atomic_write_text
 from bot.simple import DistFile
+from bot.typed import Mismatch, as_dict, as_list, as_str, as_strings
 from bot.upstream import Upstream
 
 __all__ = [
@@ -108,53 +109,43 @@ class ProjectMetadata:
     @classmethod
     def from_json(cls, data: Any) -> ProjectMetadata:
         """The inverse of to_json; a ValueError names the key path of the first bad field."""
-        if not isinstance(data, dict):
-            raise ValueError("metadata: is not a JSON object")
 
         def text(key: str) -> str:
-            value = data.get(key)
-            if not isinstance(value, str):
-                raise ValueError(f"metadata.{key}: is not a string")
-            return value
+            return as_str(data.get(key), f"metadata.{key}")
 
         def optional_text(key: str) -> str | None:
             return None if data.get(key) is None else text(key)
 
         def strings(key: str) -> tuple[str, ...]:
-            value = data.get(key)
-            if not isinstance(value, list):
-                raise ValueError(f"metadata.{key}: is not a list")
-            for index, item in enumerate(value):
-                if not isinstance(item, str):
-                    raise ValueError(f"metadata.{key}[{index}]: is not a string")
-            return tuple(value)
+            return tuple(as_strings(data.get(key), f"metadata.{key}"))
 
         def pairs(key: str) -> tuple[tuple[str, str], ...]:
-            value = data.get(key)
-            if not isinstance(value, list):
-                raise ValueError(f"metadata.{key}: is not a list")
             found = []
-            for index, item in enumerate(value):
+            for index, item in enumerate(as_list(data.get(key), f"metadata.{key}")):
                 if not (
                     isinstance(item, list)
                     and len(item) == 2
                     and all(isinstance(part, str) for part in item)
                 ):
-                    raise ValueError(f"metadata.{key}[{index}]: is not a [label, url] pair")
+                    raise Mismatch(f"metadata.{key}[{index}]", "a [label, url] pair")
                 found.append((item[0], item[1]))
             return tuple(found)
 
-        return cls(
-            project=text("project"),
-            version=text("version"),
-            requires_dist=strings("requires_dist"),
-            requires_python=optional_text("requires_python"),
-            build_requires=strings("build_requires"),
-            build_backend=text("build_backend"),
-            source=text("source"),
-            license=optional_text("license"),
-            project_urls=pairs("project_urls"),
-        )
+        try:
+            as_dict(data, "metadata", expected="a JSON object")
+            return cls(
+                project=text("project"),
+                version=text("version"),
+                requires_dist=strings("requires_dist"),
+                requires_python=optional_text("requires_python"),
+                build_requires=strings("build_requires"),
+                build_backend=text("build_backend"),
+                source=text("source"),
+                license=optional_text("license"),
+                project_urls=pairs("project_urls"),
+            )
+        except Mismatch as exc:
+            raise ValueError(f"{exc.where}: is not {exc.expected}") from None
 
 
 def _cache_key(project: str, version: str) -> tuple[str, Version]:
