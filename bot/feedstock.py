@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,10 @@ from ruamel.yaml.error import YAMLError
 
 from bot.dists import is_bare_filename
 from bot.errors import FeedstockError
+from bot.typed import Mismatch, as_mapping, as_sha256, as_str
 
 FEEDSTOCK_FILE = "feedstock.yaml"
 TEMPLATE_VERSION_FILE = "TEMPLATE_VERSION"
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -53,34 +52,30 @@ class Feedstock:
         """Validate a loaded document, naming the key path of the first bad field."""
         if not isinstance(data, Mapping):
             raise FeedstockError(f"{where}: expected a mapping at the top level")
-
-        def text(mapping: Mapping[str, Any], key: str, path: str) -> str:
-            value = mapping.get(key)
-            if not isinstance(value, str) or not value:
-                raise FeedstockError(f"{where}: {path} must be a non-empty string")
-            return value
-
-        source = data.get("source")
-        if not isinstance(source, Mapping):
-            raise FeedstockError(f"{where}: source must be a mapping")
-        version = text(data, "version", "version")
         try:
-            Version(version)
-        except InvalidVersion as exc:
-            raise FeedstockError(f"{where}: version {version!r} is not a PEP 440 version") from exc
-        sha256 = text(source, "sha256", "source.sha256")
-        if not SHA256_RE.match(sha256):
-            raise FeedstockError(f"{where}: source.sha256 must be 64 lowercase hex digits")
-        filename = text(source, "filename", "source.filename")
-        check_sdist_name(filename, text(data, "project", "project"), version, where)
-        url = text(source, "url", "source.url")
+            source = as_mapping(data.get("source"), "source")
+            version = as_str(data.get("version"), "version", nonempty=True)
+            try:
+                Version(version)
+            except InvalidVersion as exc:
+                what = f"version {version!r} is not a PEP 440 version"
+                raise FeedstockError(f"{where}: {what}") from exc
+            sha256 = as_str(source.get("sha256"), "source.sha256", nonempty=True)
+            sha256 = as_sha256(sha256, "source.sha256")
+            filename = as_str(source.get("filename"), "source.filename", nonempty=True)
+            project = as_str(data.get("project"), "project", nonempty=True)
+            check_sdist_name(filename, project, version, where)
+            url = as_str(source.get("url"), "source.url", nonempty=True)
+        except Mismatch as exc:
+            raise FeedstockError(f"{where}: {exc.where} must be {exc.expected}") from exc
         if urlsplit(url).scheme not in ("http", "https"):
             raise FeedstockError(f"{where}: source.url must be an http(s) URL")
         template = data.get("template", 0)
+        # Not typed.as_int, which refuses a bool: `template: true` has always passed here.
         if not isinstance(template, int):
             raise FeedstockError(f"{where}: template must be an integer")
         return cls(
-            project=text(data, "project", "project"),
+            project=project,
             version=version,
             source=Source(filename=filename, url=url, sha256=sha256),
             template=template,
