@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from urllib.parse import quote
 from packaging.utils import canonicalize_name
 
 from bot.errors import BuildError
+from bot.typed import is_sha256
 
 # in-toto Attestation Framework, Statement layer v1 (spec/v1/statement.md).
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -30,7 +30,6 @@ BUILDER_ID = "urn:wheelstock:builder"
 # ResourceDescriptor needs uri, digest or content) and carries the result in annotations.
 REPRODUCIBILITY_URI = "urn:wheelstock:reproducibility:v1"
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
 
 
@@ -56,7 +55,7 @@ class BuilderInfo:
 
 
 def _sha256(value: str, what: str) -> str:
-    if not _SHA256.fullmatch(value):
+    if not is_sha256(value):
         raise ValueError(f"{what}: {value!r} is not a lowercase sha256 hex digest")
     return value
 
@@ -249,8 +248,7 @@ def check_statement(data: object, predicate_type: str = PREDICATE_TYPE) -> dict[
             isinstance(item, dict)
             and isinstance(item.get("name"), str)
             and isinstance(item.get("digest"), dict)
-            and isinstance(item["digest"].get("sha256"), str)
-            and _SHA256.fullmatch(item["digest"]["sha256"])
+            and is_sha256(item["digest"].get("sha256"))
         ):
             raise ValueError(f"subject[{i}] has no name and sha256 digest")
     if not isinstance(data.get("predicate"), dict):
