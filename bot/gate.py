@@ -18,6 +18,7 @@ from bot.errors import BuildError, DistributionError, GateError, PublishError, U
 from bot.fsutil import atomic_write_text, sha256_file
 from bot.registry import Entry
 from bot.state import Build, State, now
+from bot.typed import Mismatch, as_dict
 
 PROVENANCE = "provenance.json"
 # The maintainer's approval: its own in-toto Statement beside the builder's, so the
@@ -120,6 +121,11 @@ def _read_provenance(build: Build) -> dict[str, Any]:
             return statements.read_statement(path)
         except BuildError as exc:
             raise GateError(str(exc)) from exc
+    # A record staged before statements: stage() added the wheels' sha256 by name.
+    try:
+        as_dict(record.get("wheels", {}), "wheels")
+    except Mismatch as exc:
+        raise GateError(f"provenance of {build.project} {build.version}: {exc}") from exc
     return record
 
 

@@ -142,6 +142,16 @@ def test_wheel_changed_in_staging_is_refused(state: State, tmp_path: Path) -> No
         gate.approve(state, ENTRY, "1.0", "alice")
 
 
+def test_a_damaged_record_is_refused_in_one_line(state: State, tmp_path: Path) -> None:
+    staged(state, tmp_path, "demo", "1.0")
+    (build,) = state.builds()
+    path = build.directory / gate.PROVENANCE
+    path.write_text(json.dumps({**json.loads(path.read_text()), "wheels": []}))
+    # Not an AttributeError from deep in the gate: a GateError naming the record and the key.
+    with pytest.raises(GateError, match=r"^provenance of demo 1\.0: wheels: expected an object$"):
+        gate.approve(state, ENTRY, "1.0", "alice")
+
+
 def test_reject_needs_reason_and_unknown_build(state: State, tmp_path: Path) -> None:
     with pytest.raises(GateError, match="no staged build of demo 1.0"):
         gate.approve(state, ENTRY, "1.0", "alice")
