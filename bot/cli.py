@@ -216,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOURS",
         help="propose a release only once it is this old (earliest upload time of its files)",
     )
+    tick_cmd.add_argument(
+        "--no-change-feed",
+        dest="change_feed",
+        action="store_false",
+        help="check every project's page conditionally, even where upstream's root page says "
+        "which projects changed",
+    )
     commands.add_parser(
         "status", parents=[common], help="every project: state, feedstock, PRs, last build"
     )
@@ -358,6 +365,7 @@ def _bot(args: argparse.Namespace, state: State) -> Bot:
         max_new_prs=getattr(args, "max_new_prs", MAX_NEW_PRS),
         max_open_prs=getattr(args, "max_open_prs", MAX_OPEN_PRS),
         min_release_age=getattr(args, "min_release_age", None),
+        change_feed=getattr(args, "change_feed", True),
         unsafe_no_sandbox=getattr(args, "unsafe_no_sandbox", False),
         pythons=dict(getattr(args, "pythons", [])),
         verify_reproducible=getattr(args, "verify_reproducible", False),

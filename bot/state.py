@@ -167,6 +167,8 @@ class State(UpstreamPages):
             self.db.executescript(WATCH_SCHEMA)
             self.db.executescript(SYNC_SCHEMA)
             self._add_column("pages", "digest", "TEXT")
+            self._add_column("pages", "serial", "INTEGER")
+            self._add_column("pages", "feed_serial", "INTEGER")
         except (OSError, sqlite3.Error) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise WheelstockError(f"state directory {root}: {reason}") from exc

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     # Imported for real inside the methods: state stays cheap to import without httpx.
     from bot.simple import DistFile, ProjectPage
@@ -34,7 +34,12 @@ CREATE TABLE IF NOT EXISTS pages (
     changed_at TEXT,               -- when a 200 last brought the page
     error TEXT,                    -- the last check's one-line error; NULL when it went fine
     failures INTEGER NOT NULL DEFAULT 0,  -- consecutive checks that failed or found nothing
-    digest TEXT                    -- sha256 of url and files: the page's identity for a sync
+    digest TEXT,                   -- sha256 of url and files: the page's identity for a sync
+    -- The change feed (bot.upstream.Feed): the serial the stored page is known current at,
+    -- and the serial upstream's root page gave last. A page is fetched again when the
+    -- second passes the first.
+    serial INTEGER,
+    feed_serial INTEGER
 );
 """
 
@@ -65,29 +70,38 @@ class UpstreamPages:
         )
         return {str(p): Validators(etag=e, last_modified=m) for p, e, m in rows}
 
-    def record_checks(self, checks: Iterable[Checked]) -> None:
+    def record_checks(
+        self, checks: Iterable[Checked], feed: Mapping[str, int] | None = None
+    ) -> None:
         """Store a watch's outcomes in one transaction.
 
         changed: the new page and validators; unchanged: the time, and validators a 304 may
         have updated; failed: the error, one more failure, the old page kept; missing: the
         error, one more failure, and no page (upstream no longer has one).
+
+        ``feed`` is the change feed read before the checks (project -> serial): a page checked
+        after it is current at least at its serial. Where the page gave its own serial, the
+        lower of the two is kept, so a page older than the feed is fetched again next time.
         """
         stamp = now()
+        feed = feed or {}
         changed: list[tuple[object, ...]] = []
         unchanged: list[tuple[object, ...]] = []
         failed: list[tuple[object, ...]] = []
         missing: list[tuple[object, ...]] = []
         for check in checks:
             etag, modified = check.validators.etag, check.validators.last_modified
+            fed = feed.get(check.name)
+            known = [n for n in (fed, check.serial) if n is not None]
+            serial = min(known) if known else None
             if check.status == "changed":
                 assert check.page is not None
                 files = json.dumps([_file_row(f) for f in check.page.files])
                 digest = hashlib.sha256(f"{check.page.url}\n{files}".encode()).hexdigest()
-                changed.append(
-                    (check.name, check.page.url, etag, modified, files, stamp, stamp, digest)
-                )
+                row = (check.name, check.page.url, etag, modified, files, stamp, stamp, digest)
+                changed.append((*row, serial, fed))
             elif check.status == "unchanged":
-                unchanged.append((etag, modified, stamp, check.name))
+                unchanged.append((etag, modified, stamp, serial, fed, check.name))
             elif check.status == "missing":
                 missing.append((check.name, stamp, check.error))
             else:
@@ -95,16 +109,18 @@ class UpstreamPages:
         with self.db as db:
             db.executemany(
                 "INSERT INTO pages (project, url, etag, last_modified, files, checked_at, "
-                "changed_at, digest, error, failures) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0) "
+                "changed_at, digest, serial, feed_serial, error, failures) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0) "
                 "ON CONFLICT (project) DO UPDATE SET url = excluded.url, etag = excluded.etag, "
                 "last_modified = excluded.last_modified, files = excluded.files, "
                 "checked_at = excluded.checked_at, changed_at = excluded.changed_at, "
-                "digest = excluded.digest, error = NULL, failures = 0",
+                "digest = excluded.digest, serial = excluded.serial, "
+                "feed_serial = excluded.feed_serial, error = NULL, failures = 0",
                 changed,
             )
             db.executemany(
-                "UPDATE pages SET etag = ?, last_modified = ?, checked_at = ?, error = NULL, "
-                "failures = 0 WHERE project = ?",
+                "UPDATE pages SET etag = ?, last_modified = ?, checked_at = ?, serial = ?, "
+                "feed_serial = ?, error = NULL, failures = 0 WHERE project = ?",
                 unchanged,
             )
             db.executemany(
@@ -116,11 +132,48 @@ class UpstreamPages:
             db.executemany(
                 "INSERT INTO pages (project, checked_at, error, failures) VALUES (?, ?, ?, 1) "
                 "ON CONFLICT (project) DO UPDATE SET url = NULL, etag = NULL, "
-                "last_modified = NULL, files = NULL, digest = NULL, "
+                "last_modified = NULL, files = NULL, digest = NULL, serial = NULL, "
                 "checked_at = excluded.checked_at, "
                 "error = excluded.error, failures = failures + 1",
                 missing,
             )
+
+    def record_feed(self, serials: Mapping[str, int | None]) -> None:
+        """Store the serials a change feed gave (None: the feed does not list the project).
+
+        Only rows whose serial moved are written: at 25,000 projects and 1% moving, 250.
+        """
+        known = dict(self.db.execute("SELECT project, feed_serial FROM pages"))
+        moved = [
+            (serial, name)
+            for name, serial in serials.items()
+            if name in known and known[name] != serial
+        ]
+        with self.db as db:
+            db.executemany("UPDATE pages SET feed_serial = ? WHERE project = ?", moved)
+
+    def feed_serials(self, index_url: str = "") -> dict[str, int]:
+        """The serial the change feed gave last, per page fetched from under ``index_url``."""
+        rows = self.db.execute(
+            "SELECT project, feed_serial FROM pages WHERE feed_serial IS NOT NULL "
+            "AND substr(url, 1, length(?)) = ?",
+            (index_url, index_url),
+        )
+        return {str(p): int(n) for p, n in rows}
+
+    def unmoved(self, index_url: str = "") -> set[str]:
+        """Projects whose stored page is current at the serial the feed gave last.
+
+        Only pages fetched from under ``index_url`` whose last check went fine: a failed or
+        missing one is checked again whatever the feed says.
+        """
+        rows = self.db.execute(
+            "SELECT project FROM pages WHERE files IS NOT NULL AND error IS NULL "
+            "AND serial IS NOT NULL AND feed_serial IS NOT NULL AND feed_serial <= serial "
+            "AND substr(url, 1, length(?)) = ?",
+            (index_url, index_url),
+        )
+        return {str(p) for (p,) in rows}
 
     def cached_page(self, name: str, index_url: str = "") -> ProjectPage | None:
         """The page as last fetched (kept through 304s and failures), if there is one.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from packaging.version import Version
 
@@ -14,7 +16,7 @@ from bot import __version__, commands, feedstock, index, propose, registry
 from bot.build import stage
 from bot.context import Bot, Summary
 from bot.dependencies import Affected, affected_by, metadata_of
-from bot.errors import PublishError, UpstreamError, WheelstockError
+from bot.errors import PublishError, UpstreamError, WheelstockError, first_line
 from bot.feedstock import FEEDSTOCK_FILE
 from bot.forge import Changes
 from bot.propose import propose_bump, source_of
@@ -22,6 +24,7 @@ from bot.prs import backoff
 from bot.registry import Entry
 from bot.simple import DistFile, ProjectPage
 from bot.state import Synced, iso
+from bot.upstream import Validators
 from bot.versions import Choice, choose_release
 from bot.watch import watch
 
@@ -29,6 +32,10 @@ from bot.watch import watch
 WATCH_PROGRESS = 1000
 # In the state directory: the registry's entries as last parsed, per file (bot.registry).
 REGISTRY_CACHE = "registry-cache.json"
+# In the state's meta table: the change feed's URL and validators, or when upstream was
+# found to offer none; and when every page was last checked, feed or not.
+FEED_META = "upstream-feed"
+FULL_CHECK_META = "upstream-full-check"
 
 
 def choose(
@@ -174,17 +181,81 @@ class Watched:
         raise UpstreamError(self.errors.get(name, "not checked"))
 
 
+def _due(moment: datetime, stamp: object, every: timedelta) -> bool:
+    """Whether ``every`` has passed since ``stamp`` (as ``iso`` writes it; else never was)."""
+    try:
+        when = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return True
+    return when.tzinfo is None or moment - when >= every
+
+
+def read_feed(bot: Bot, names: list[str]) -> tuple[set[str], dict[str, int] | None]:
+    """Which of ``names`` upstream's change feed says did not move, and the serials it gave.
+
+    One conditional request for the root page (bot.upstream.Upstream.feed), when at least
+    ``bot.change_feed_from`` projects are watched. A project is
+    left out of the watch only if its stored page is current at the serial the feed gives
+    now; every other one, and every project once per ``bot.full_check_every``, is checked as
+    before. An index that offers no feed is asked again after that same period; a feed that
+    fails costs nothing but the request: the watch checks every page.
+    """
+    if not bot.change_feed or not names or len(names) < bot.change_feed_from:
+        return set(), None
+    url = bot.upstream.index_url
+    moment = bot.clock()
+    try:
+        stored = json.loads(bot.state.get_meta(FEED_META) or "{}")
+    except ValueError:
+        stored = {}
+    if not isinstance(stored, dict) or stored.get("url") != url:
+        stored = {}
+    if "none_at" in stored and not _due(moment, stored["none_at"], bot.full_check_every):
+        return set(), None
+    sent = Validators(etag=stored.get("etag"), last_modified=stored.get("last_modified"))
+    try:
+        feed = bot.upstream.feed(sent)
+    except UpstreamError as exc:
+        bot.echo(f"upstream: change feed unavailable ({first_line(exc)}); checking every page")
+        return set(), None
+    if feed.status == "none":
+        bot.state.set_meta(FEED_META, json.dumps({"url": url, "none_at": iso(moment)}))
+        return set(), None
+    if feed.serials is not None:
+        serials = {name: feed.serials[name] for name in names if name in feed.serials}
+        bot.state.record_feed({name: serials.get(name) for name in names})
+        etag, modified = feed.validators.etag, feed.validators.last_modified
+        bot.state.set_meta(
+            FEED_META, json.dumps({"url": url, "etag": etag, "last_modified": modified})
+        )
+    else:
+        # A 304: the serials stored from the root page last time still hold.
+        serials = bot.state.feed_serials(url)
+    if _due(moment, bot.state.get_meta(FULL_CHECK_META), bot.full_check_every):
+        return set(), serials
+    unmoved = bot.state.unmoved(url).intersection(names)
+    bot.echo(
+        f"upstream: change feed: {len(names) - len(unmoved)} of {len(names)} projects "
+        "moved since their last check"
+    )
+    return unmoved, serials
+
+
 def watch_upstream(bot: Bot, entries: list[Entry]) -> Watched:
     """Check the entries' pages upstream, concurrently and conditionally (ETag/Last-Modified).
 
-    Every outcome is recorded in state. A page upstream answered 304 for is not loaded here:
-    a tick where nothing moved reads none of the 25,000 stored pages.
+    Where upstream offers a change feed, only the pages it says moved (``read_feed``). Every
+    outcome is recorded in state. A page upstream answered 304 for, or the feed passed over,
+    is not loaded here: a tick where nothing moved reads none of the 25,000 stored pages.
     """
     watched = Watched()
     if not entries:
         return watched
+    moment = bot.clock()
+    unmoved, serials = read_feed(bot, [e.name for e in entries])
+    watched.unchanged.update(unmoved)
     known = bot.state.validators(bot.upstream.index_url)
-    items = [(e.project, known.get(e.name)) for e in entries]
+    items = [(e.project, known.get(e.name)) for e in entries if e.name not in unmoved]
 
     def progress(done: int, total: int) -> None:
         bot.echo(f"watched {done}/{total} projects upstream")
@@ -197,7 +268,9 @@ def watch_upstream(bot: Bot, entries: list[Entry]) -> Watched:
             progress=progress if len(items) > WATCH_PROGRESS else None,
         )
     )
-    bot.state.record_checks(checks)
+    bot.state.record_checks(checks, serials)
+    if not unmoved:
+        bot.state.set_meta(FULL_CHECK_META, iso(moment))
     for checked in checks:
         if checked.page is not None:
             watched.fresh[checked.name] = checked.page

@@ -34,6 +34,7 @@ from bot.simple import (
     ProjectPage,
     parse_html_page,
     parse_json_page,
+    parse_root_serials,
     url_problem,
 )
 
@@ -75,6 +76,27 @@ class Checked:
     page: ProjectPage | None  # set when changed
     validators: Validators  # from the 200 (or 304) response, else the ones sent
     error: str | None = None  # one line, when failed or missing
+    # The serial of the project's last change, where the page says it (SERIAL_HEADER).
+    serial: int | None = None
+
+
+# The header an index that numbers its changes sends with each project page: the serial of
+# the project's last change, the same number its root page lists (bot.simple.parse_root_serials).
+SERIAL_HEADER = "X-PyPI-Last-Serial"
+
+
+@dataclass(frozen=True)
+class Feed:
+    """What the root page said of every project (`Upstream.feed`).
+
+    status "changed": the page was sent and carries serials; "unchanged": a 304 to the
+    validators sent, so the serials read from it last time still hold; "none": the index
+    offers no change feed (an HTML root, no serials on it, or no root page at all).
+    """
+
+    status: str
+    serials: dict[str, int] | None  # canonical name -> serial, when "changed"
+    validators: Validators
 
 
 _LIMITS = httpx.Limits(max_keepalive_connections=10, keepalive_expiry=30.0)
@@ -226,6 +248,23 @@ def _validators_of(response: httpx.Response, sent: Validators) -> Validators:
     )
 
 
+def _serial_of(response: httpx.Response) -> int | None:
+    value = response.headers.get(SERIAL_HEADER, "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _content_type(response: httpx.Response) -> str:
+    return str(response.headers.get("content-type", "")).split(";", 1)[0].strip().lower()
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return json.loads(response.content)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise UpstreamError(f"upstream {response.url} sent invalid JSON: {reason}") from exc
+
+
 def _status_message(url: str, response: httpx.Response) -> str:
     return f"upstream {url} answered HTTP {response.status_code} {response.reason_phrase}".rstrip()
 
@@ -332,19 +371,23 @@ class Upstream:
             # Bad or too many redirects, undecodable bodies: not worth retrying.
             raise UpstreamError(f"upstream {url} failed: {first_line(exc)}") from exc
 
+    def _get(self, url: str, headers: dict[str, str]) -> httpx.Response:
+        """GET with the retry policy; a status worth retrying is retried, any other returned."""
+
+        def fetch() -> httpx.Response:
+            response = self.client.get(url, headers=headers)
+            if _is_retryable_status(response.status_code):
+                raise _ServerError(response)
+            return response
+
+        return self._retrying(url, fetch)
+
     def project(self, name: str) -> ProjectPage:
         """Fetch and parse the project's page (JSON if upstream offers it, else HTML)."""
         canonical = canonicalize_name(name)
         url = f"{self.index_url}{canonical}/"
         _check_url(url)
-
-        def fetch() -> httpx.Response:
-            response = self.client.get(url, headers={"Accept": ACCEPT})
-            if _is_retryable_status(response.status_code):
-                raise _ServerError(response)
-            return response
-
-        response = self._retrying(url, fetch)
+        response = self._get(url, {"Accept": ACCEPT})
         if response.status_code == 404:
             raise ProjectNotFound(f"project {name!r} not found at {self.index_url}")
         if response.status_code != 200:
@@ -363,20 +406,17 @@ class Upstream:
         url = f"{self.index_url}{canonical}/"
         headers = {"Accept": ACCEPT, **sent.headers()}
 
-        def fetch() -> httpx.Response:
-            response = self.client.get(url, headers=headers)
-            if _is_retryable_status(response.status_code):
-                raise _ServerError(response)
-            return response
-
         try:
             if not _PLAIN_NAME.fullmatch(canonical):
                 # Only names with unusual characters need the (slower) full URL check.
                 _check_url(url)
-            response = self._retrying(url, fetch)
+            response = self._get(url, headers)
             status = response.status_code
             if status == 304 and (sent.etag or sent.last_modified):
-                return Checked(canonical, "unchanged", None, _validators_of(response, sent))
+                validators = _validators_of(response, sent)
+                return Checked(
+                    canonical, "unchanged", None, validators, serial=_serial_of(response)
+                )
             if status == 404:
                 error = f"project {name!r} not found at {self.index_url}"
                 return Checked(canonical, "missing", None, Validators(), error)
@@ -391,18 +431,54 @@ class Upstream:
             # Whatever a hostile page trips in a parser costs that project, never the watch.
             reason = f"upstream {url} sent a page that cannot be read: {type(exc).__name__}"
             return Checked(canonical, "failed", None, sent, reason)
-        return Checked(canonical, "changed", page, _validators_of(response, Validators()))
+        validators = _validators_of(response, Validators())
+        return Checked(canonical, "changed", page, validators, serial=_serial_of(response))
+
+    def feed(self, validators: Validators | None = None) -> Feed:
+        """Read the change feed on the root page, conditionally when validators are given.
+
+        One request for every project: a JSON root page that lists each project's serial
+        (bot.simple.parse_root_serials). An index without one answers "none", and the body of
+        a root page that is not JSON (tens of megabytes at a large index) is never read.
+        Trouble that outlasts the retries, or a feed that cannot be read, raises UpstreamError.
+        """
+        sent = validators if validators is not None else Validators()
+        url = self.index_url
+        request = self.client.build_request(
+            "GET", url, headers={"Accept": ACCEPT, **sent.headers()}
+        )
+
+        def fetch() -> httpx.Response:
+            response = self.client.send(request, stream=True)
+            try:
+                if _is_retryable_status(response.status_code):
+                    raise _ServerError(response)
+                if response.status_code == 200 and _content_type(response) == JSON_V1:
+                    response.read()
+            finally:
+                response.close()
+            return response
+
+        response = self._retrying(url, fetch)
+        status = response.status_code
+        if status == 304 and (sent.etag or sent.last_modified):
+            return Feed("unchanged", None, _validators_of(response, sent))
+        if status in (404, 410):
+            return Feed("none", None, Validators())
+        if status != 200:
+            raise UpstreamError(_status_message(url, response))
+        if _content_type(response) != JSON_V1:
+            return Feed("none", None, Validators())
+        serials = parse_root_serials(_json(response), str(response.url))
+        if serials is None:
+            return Feed("none", None, Validators())
+        return Feed("changed", serials, _validators_of(response, Validators()))
 
     def _page(self, canonical: str, response: httpx.Response) -> ProjectPage:
         page_url = str(response.url)
-        content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        content_type = _content_type(response)
         if content_type == JSON_V1:
-            try:
-                data = json.loads(response.content)
-            except (ValueError, RecursionError) as exc:
-                reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-                raise UpstreamError(f"upstream {page_url} sent invalid JSON: {reason}") from exc
-            files = parse_json_page(data, page_url)
+            files = parse_json_page(_json(response), page_url)
         elif content_type.endswith("+json") or content_type == "application/json":
             # Anything else JSON-shaped is a format we never asked for (PEP 691 negotiation).
             raise UpstreamError(

@@ -103,6 +103,7 @@ class UpstreamServer:
         mode: str = "json",
         etags: bool = True,
         last_modified: bool = True,
+        serials: bool = False,
     ) -> None:
         if mode not in ("json", "html"):
             raise ValueError(f"mode must be 'json' or 'html', not {mode!r}")
@@ -111,6 +112,11 @@ class UpstreamServer:
         # RFC 9110 validators on project pages, and 304s for conditional requests that match.
         self.etags = etags
         self.last_modified = last_modified
+        # A change feed: every change numbered; each project's last on the JSON root page
+        # (`_last-serial`, with an ETag and 304s) and on its page (X-PyPI-Last-Serial).
+        self.serials = serials
+        self._serial = 0
+        self._last_serial: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
         self.fail_next: list[int] = []
         # Every request with its headers, when it came, on which connection, and the answer.
@@ -211,7 +217,16 @@ class UpstreamServer:
         with self._lock:
             entries = [e for e in self._projects.get(name, []) if e.filename != entry.filename]
             self._projects[name] = [*entries, entry]
+            self._numbered(name)
         return self.file_url(name, entry.filename)
+
+    def _numbered(self, name: str) -> None:
+        self._serial += 1
+        self._last_serial[name] = self._serial
+
+    def last_serial(self, project: str) -> int:
+        with self._lock:
+            return self._last_serial.get(canonicalize_name(project), 0)
 
     def remove_file(self, project: str, filename: str) -> None:
         """Delete a file from project's page, as an upstream index deletes a release."""
@@ -220,6 +235,7 @@ class UpstreamServer:
             self._projects[name] = [
                 e for e in self._projects.get(name, []) if e.filename != filename
             ]
+            self._numbered(name)
 
     def misbehave(self, project: str, *faults: Fault, forever: bool = False) -> None:
         """Answer the project's page with these faults, one per request, then normally.
@@ -304,10 +320,11 @@ class UpstreamServer:
                 status = self.fail_next.pop(0)
                 return status, "text/plain", f"injected failure {status}\n".encode()
             projects = {name: list(entries) for name, entries in self._projects.items()}
+            serials = dict(self._last_serial)
         path = unquote(urlsplit(raw_path).path)
         kind = "text/html" if self.mode == "html" else _negotiate(accept)
         if path == "/simple/":
-            return self._root_page(sorted(projects), kind)
+            return self._root_page(sorted(projects), kind, serials)
         parts = path.strip("/").split("/")
         if len(parts) == 2 and parts[0] == "simple" and path.endswith("/"):
             entries = projects.get(parts[1])
@@ -322,9 +339,17 @@ class UpstreamServer:
                     return 200, "application/octet-stream", entry.path.read_bytes()
         return 404, "text/plain", b"not found\n"
 
-    def _root_page(self, names: list[str], kind: str) -> tuple[int, str, bytes]:
+    def _root_page(
+        self, names: list[str], kind: str, serials: dict[str, int]
+    ) -> tuple[int, str, bytes]:
         if kind == JSON_V1:
-            body = {"meta": {"api-version": "1.1"}, "projects": [{"name": n} for n in names]}
+            meta: dict[str, object] = {"api-version": "1.1"}
+            projects: list[dict[str, object]] = [{"name": n} for n in names]
+            if self.serials:
+                meta["_last-serial"] = max(serials.values(), default=0)
+                for item in projects:
+                    item["_last-serial"] = serials.get(str(item["name"]), 0)
+            body = {"meta": meta, "projects": projects}
             return 200, kind, json.dumps(body).encode()
         links = "".join(f'<a href="{n}/">{n}</a>\n' for n in names)
         return 200, kind, _html_document("Simple index", links).encode()
@@ -443,10 +468,18 @@ def _make_handler(owner: UpstreamServer) -> type[BaseHTTPRequestHandler]:
             )
             headers = {"Content-Type": content_type}
             parts = unquote(urlsplit(self.path).path).strip("/").split("/")
+            if status == 200 and parts == ["simple"] and owner.serials:
+                validators = {"ETag": f'"{hashlib.sha256(body).hexdigest()[:16]}"'}
+                headers.update(validators)
+                if owner._not_modified(validators, seen.headers):
+                    return self._send(seen, 304, validators, b"")
             if status == 200 and len(parts) == 2 and parts[0] == "simple":
                 with owner._lock:
                     entries = list(owner._projects.get(parts[1], []))
+                    serial = owner._last_serial.get(parts[1], 0)
                 validators = owner._validators(entries, body)
+                if owner.serials:
+                    validators["X-PyPI-Last-Serial"] = str(serial)
                 headers.update(validators)
                 if owner._not_modified(validators, seen.headers):
                     # RFC 9110 §15.4.5: the validators again, and no body.
