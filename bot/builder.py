@@ -1,4 +1,11 @@
-"""Build one verified sdist into wheels with the project's own [build-system], isolated."""
+"""Build one verified sdist into wheels with the project's own [build-system], isolated.
+
+A little over the ~500 lines a module here aims for: one build is one sequence (unpack,
+probe the interpreter, install the build requirements outside the sandbox, run the hooks
+inside it, collect and check the wheels) whose steps share the log and the limits, and
+reads best in one place; the sandbox, the limits, the repair and the import check have
+modules of their own.
+"""
 
 from __future__ import annotations
 

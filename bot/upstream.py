@@ -1,5 +1,10 @@
 """The upstream index client: HTTP with keep-alive, retries (tenacity) and conditional requests
-for project pages, and verified downloads."""
+for project pages, the change feed on the root page, and verified downloads.
+
+Just over the ~500 lines a module here aims for: every request here goes through one retry
+policy and one translation of what is left into one-line errors; the page model and its
+parsers are in ``bot.simple``, the worker pool in ``bot.watch``.
+"""
 
 from __future__ import annotations
 
