@@ -56,7 +56,15 @@ def metadata_of(
             files = bot.upstream.project(entry.project).files
         workdir = bot.state.root / "tmp"
         workdir.mkdir(parents=True, exist_ok=True)
-        meta = fetch_metadata(bot.upstream, files, entry.project, version, cache, workdir=workdir)
+        meta = fetch_metadata(
+            bot.upstream,
+            files,
+            entry.project,
+            version,
+            cache,
+            workdir=workdir,
+            downloaded=bot.state.downloads_dir / entry.name,
+        )
     return meta
 
 
@@ -69,9 +77,7 @@ def target_of(entry: Entry) -> Target:
     )
 
 
-def requirements_of(
-    bot: Bot, entry: Entry, version: str, *, fetch: bool = True
-) -> Requirements:
+def requirements_of(bot: Bot, entry: Entry, version: str, *, fetch: bool = True) -> Requirements:
     """Run and build requirements of ``entry`` at ``version``: cached, else fetched upstream."""
     meta = metadata_of(bot, entry, version, fetch=fetch)
     return Requirements(entry.name, version, run=meta.requires_dist, build=meta.build_requires)

@@ -42,7 +42,7 @@ from bot.errors import (
     UpstreamUnavailable,
     first_line,
 )
-from bot.fsutil import atomic_write_text
+from bot.fsutil import atomic_write_text, sha256_file
 from bot.simple import DistFile
 from bot.typed import Mismatch, as_dict, as_list, as_str, as_strings
 from bot.upstream import Upstream
@@ -482,6 +482,17 @@ def _download(upstream: Upstream, dist: DistFile, dest: Path) -> Path:
         raise UpstreamError(exc.message) from exc
 
 
+def _kept_copy(folder: Path | None, dist: DistFile) -> Path | None:
+    """``dist`` in ``folder`` if it is there with the sha256 upstream lists for it."""
+    if folder is None or dist.sha256 is None:
+        return None
+    path = folder / dist.filename
+    try:
+        return path if path.is_file() and sha256_file(path) == dist.sha256 else None
+    except OSError:
+        return None
+
+
 def _pep658_metadata(upstream: Upstream, wheel: DistFile, scratch: Path) -> bytes:
     """The wheel's METADATA served beside it (PEP 658), verified when upstream gave a hash."""
     assert wheel.core_metadata is not None
@@ -521,8 +532,14 @@ def fetch_metadata(
     cache: MetadataCache,
     *,
     workdir: Path,
+    downloaded: Path | None = None,
 ) -> ProjectMetadata:
-    """A release's run and build requirements: from the cache, else from its files upstream."""
+    """A release's run and build requirements: from the cache, else from its files upstream.
+
+    ``downloaded``: a folder of files already fetched (the bot keeps each sdist it verified
+    for a PR there); a file of that name whose sha256 is the one upstream lists is read from
+    there rather than downloaded again.
+    """
     try:
         name, parsed = _cache_key(project, version)
     except ValueError as exc:
@@ -565,10 +582,14 @@ def fetch_metadata(
         build_backend = ""
         if sdists:
             sdist = sdists[0]
-            suffix = ".zip" if sdist.filename.endswith(".zip") else ".tar.gz"
-            path = _download(upstream, sdist, scratch / f"sdist{suffix}")
-            contents = _sdist_files(path, sdist.filename)
-            path.unlink()
+            kept = _kept_copy(downloaded, sdist)
+            if kept is not None:
+                contents = _sdist_files(kept, sdist.filename)
+            else:
+                suffix = ".zip" if sdist.filename.endswith(".zip") else ".tar.gz"
+                path = _download(upstream, sdist, scratch / f"sdist{suffix}")
+                contents = _sdist_files(path, sdist.filename)
+                path.unlink()
             build_requires, build_backend = _build_system(contents.pyproject, sdist.filename)
             if core is None:
                 if contents.pkg_info is None:

@@ -7,6 +7,7 @@ import hashlib
 import html
 import io
 import json
+import shutil
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -216,6 +217,40 @@ def test_sdist_only_reads_pkg_info(
     assert meta.requires_dist == REQUIRES
     assert meta.requires_python == ">=3.9"
     assert meta.source == "sdist"
+    assert meta.build_backend == "hatchling.build"
+    assert paths(server) == ["/files/demo-pkg/demo_pkg-1.0.tar.gz"]
+
+
+def test_an_sdist_already_verified_is_read_where_it_was_kept(
+    server: UpstreamServer, upstream: Upstream, cache: MetadataCache, tmp_path: Path
+) -> None:
+    # The bot keeps each sdist it verified for a PR; reading its metadata must not fetch it
+    # again, and a kept copy that is not upstream's file is never trusted.
+    members = {"PKG-INFO": core_metadata(), "pyproject.toml": PYPROJECT.encode()}
+    sdist = make_sdist(tmp_path / "src", members)
+    server.add_file("demo-pkg", sdist)
+    kept = tmp_path / "downloads" / "demo-pkg"
+    kept.mkdir(parents=True)
+    shutil.copyfile(sdist, kept / sdist.name)
+
+    meta = fetch_metadata(
+        upstream, dists(server), "demo-pkg", "1.0", cache, workdir=tmp_path / "w", downloaded=kept
+    )
+    assert (meta.source, meta.build_backend) == ("sdist", "hatchling.build")
+    assert paths(server) == []
+    assert (kept / sdist.name).read_bytes() == sdist.read_bytes()  # still kept for the build
+
+    other = make_sdist(tmp_path / "other", {**members, "setup.py": b"# not upstream's\n"})
+    shutil.copyfile(other, kept / sdist.name)
+    meta = fetch_metadata(
+        upstream,
+        dists(server),
+        "demo-pkg",
+        "1.0",
+        MetadataCache(tmp_path / "cache2"),
+        workdir=tmp_path / "w",
+        downloaded=kept,
+    )
     assert meta.build_backend == "hatchling.build"
     assert paths(server) == ["/files/demo-pkg/demo_pkg-1.0.tar.gz"]
 

@@ -164,6 +164,15 @@ def test_bump_pr_is_one_commit_editing_feedstock_yaml(kit: Kit) -> None:
     assert "attrs>=22" in pr.body and "Requires-Dist" in pr.body
 
 
+def test_a_bump_downloads_its_sdist_once_for_the_pr_and_its_metadata(kit: Kit) -> None:
+    enrolled_at(kit)
+    kit.release("demo", "1.1", requires=("attrs>=22",))
+    assert kit.tick().opened == 1
+    (pr,) = kit.prs("demo")
+    assert "attrs>=22" in pr.body  # the new release's metadata, read from the verified copy
+    assert kit.upstream.requests.count(("GET", "/files/demo/demo-1.1.tar.gz")) == 1
+
+
 def test_no_pr_when_the_sdist_does_not_match_its_hash(kit: Kit) -> None:
     enrolled_at(kit)
     kit.release("demo", "1.1")
