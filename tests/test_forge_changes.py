@@ -144,6 +144,19 @@ def test_a_push_with_plain_git_is_seen_without_running_git(
     assert forge.get_pr(pr.number).head_commit == pr.head_commit
 
 
+def test_branch_authors_run_git_once_until_a_ref_moves(
+    forge: LocalForge, tmp_path: Path, spawned: Callable[[Callable[[], object]], list[str]]
+) -> None:
+    forge.push_change("alpha", "fix", {"a.txt": "1\n"}, "fix")
+    seen: list[set[str]] = []
+    assert len(spawned(lambda: seen.append(forge.branch_authors("alpha", "fix")))) == 1
+    assert spawned(lambda: seen.append(forge.branch_authors("alpha", "fix"))) == []
+    assert seen == [{"wheelstock-bot"}, {"wheelstock-bot"}]
+    human_push(forge.repo_path("alpha"), "fix", tmp_path / "work")
+    assert len(spawned(lambda: seen.append(forge.branch_authors("alpha", "fix")))) == 1
+    assert seen[-1] == {"wheelstock-bot", "carol"}
+
+
 def test_what_reads_and_writes_cost_in_git_processes(
     forge: LocalForge, spawned: Callable[[Callable[[], object]], list[str]]
 ) -> None:

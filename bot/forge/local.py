@@ -214,6 +214,9 @@ class LocalForge:
         self._log_seen = -1  # the push log's size when this process last found it all taken in
         self._pulls_seen: tuple[int, int] | None = None  # pulls/ as last verified: mtime, entries
         self._pulls_trusted = False  # whether that mtime alone now shows any later change
+        # Who committed main..branch, per (project, main's sha, the branch's sha): commits never
+        # change, so one answer holds as long as both refs stay where they are.
+        self._authors: dict[tuple[str, str, str], frozenset[str]] = {}
 
     # -- the database ---------------------------------------------------------------------
     @cached_property
@@ -561,13 +564,21 @@ class LocalForge:
         return out.stdout.decode().strip()
 
     def branch_authors(self, project: str, branch: str) -> set[str]:
+        refs = self._refs(project)
+        main, head = refs.get("refs/heads/main"), refs.get(f"refs/heads/{branch}")
+        key = (project, main, head) if main and head else None
+        if key is not None and key in self._authors:
+            return set(self._authors[key])
         what = f"reading {branch} of {project}-feedstock"
         log = _git(
             self._require(project), "log", "--format=%an%x00%cn", f"main..{branch}", what=what
         )
-        return {
+        names = {
             name for line in log.stdout.decode().splitlines() for name in line.split("\0") if name
         }
+        if key is not None:
+            self._authors[key] = frozenset(names)
+        return names
 
     # -- pull requests --------------------------------------------------------------------
     def _pr_path(self, number: int) -> Path:
