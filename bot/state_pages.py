@@ -82,6 +82,8 @@ class UpstreamPages:
         ``feed`` is the change feed read before the checks (project -> serial): a page checked
         after it is current at least at its serial. Where the page gave its own serial, the
         lower of the two is kept, so a page older than the feed is fetched again next time.
+        A check without a feed keeps the feed's last serial: a tick run with the feed off
+        leaves the next one with it nothing to relearn.
         """
         stamp = now()
         feed = feed or {}
@@ -115,12 +117,14 @@ class UpstreamPages:
                 "last_modified = excluded.last_modified, files = excluded.files, "
                 "checked_at = excluded.checked_at, changed_at = excluded.changed_at, "
                 "digest = excluded.digest, serial = excluded.serial, "
-                "feed_serial = excluded.feed_serial, error = NULL, failures = 0",
+                "feed_serial = COALESCE(excluded.feed_serial, feed_serial), error = NULL, "
+                "failures = 0",
                 changed,
             )
             db.executemany(
                 "UPDATE pages SET etag = ?, last_modified = ?, checked_at = ?, serial = ?, "
-                "feed_serial = ?, error = NULL, failures = 0 WHERE project = ?",
+                "feed_serial = COALESCE(?, feed_serial), error = NULL, failures = 0 "
+                "WHERE project = ?",
                 unchanged,
             )
             db.executemany(

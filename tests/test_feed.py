@@ -237,6 +237,19 @@ def test_without_the_feed_every_page_is_checked(kit: Kit) -> None:
     assert len(_page_requests(kit.upstream, start)) == 3
 
 
+def test_a_tick_without_the_feed_leaves_the_next_one_with_it_nothing_to_relearn(
+    kit: Kit,
+) -> None:
+    kit.tick()
+    kit.limits = {"change_feed": False, "change_feed_from": 1}
+    kit.tick()
+    kit.limits = {"change_feed_from": 1}
+    start = len(kit.upstream.requests)
+    kit.tick()
+    assert kit.upstream.seen("/simple/")[-1].status == 304
+    assert _page_requests(kit.upstream, start) == []
+
+
 def test_an_index_without_a_feed_is_asked_once_a_day(tmp_path: Path) -> None:
     with UpstreamServer(tmp_path / "upstream") as plain:
         kit = Kit(tmp_path, plain, limits={"change_feed_from": 1})
