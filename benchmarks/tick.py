@@ -121,6 +121,10 @@ GOAL_CURVE = 1.25  # seconds per project at the largest size / at the smallest, 
 OPEN_FRACTION = 0.10  # of the projects, with an open bot bump PR in the steady state
 RELEASE_FRACTION = 0.01
 MERGE_FRACTION = 0.004  # 100 of 25,000
+# The projects the root page of the index this machine is configured for listed on
+# 2026-12-01 (927,088 links, 40 MB of HTML): the feed's one request is that large, whatever
+# the number enrolled.
+ROOT_PROJECTS = 927_088
 MAINTAINER = "alice"
 # Bumped when the state's shape changes: a --work state of another version is rebuilt.
 STATE_VERSION = 1
@@ -982,6 +986,7 @@ def measure(layout: Layout, projects: int, args: argparse.Namespace, full: bool)
         projects,
         files=True,
         serials=True,
+        root_projects=args.root_projects,
         port=int(info["port"]),
         delay=args.delay,
         generations=str(layout.generations),
@@ -1271,6 +1276,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.030, help="seconds per response")
     parser.add_argument("--quick", action="store_true", help="2,500 projects, curve 500/1,000")
     parser.add_argument("--work", type=Path, help="keep the states here and reuse them")
+    parser.add_argument(
+        "--root-projects",
+        type=int,
+        default=ROOT_PROJECTS,
+        help="projects upstream's root page lists in all, enrolled or not "
+        "(default: %(default)s, as many as a real index lists)",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the timed ticks")
     parser.add_argument("--top", type=int, default=30, help="profile lines to print")
     args = parser.parse_args(argv)

@@ -18,7 +18,10 @@ If-None-Match) and the same per-response delay as any page. Each project page ga
 header ``X-PyPI-Last-Serial`` (on the 200 and the 304) and, in JSON, ``meta._last-serial``.
 A page's ETag stays that of its body without the serial: the serial is a function of the
 page's generation, so the ETag still names one representation, and validators taken with
-serials off (tick.py's setup) get their 304s with them on. Without ``serials``, ``/simple/``
+serials off (tick.py's setup) get their 304s with them on. With ``root_projects`` the root
+page also lists projects no one enrolled (``other-NNNNNNN``, no page), up to that many in all,
+so it is as large as a real index's (927,088 projects, 40 MB of HTML, on the day the tick
+benchmark's figures were taken). Without ``serials``, ``/simple/``
 answers 404 as it always did, and pages are byte for byte what they were.
 """
 
@@ -45,6 +48,11 @@ JSON_V1 = "application/vnd.pypi.simple.v1+json"
 SERIAL_HEADER = "X-PyPI-Last-Serial"
 # Three releases of sdist + wheel per project: a typical small project's page is 1-3 kB.
 RELEASES = 3
+
+
+def other_name(index: int) -> str:
+    """A project upstream lists on its root page that no one enrolled (``root_projects``)."""
+    return f"other-{index:07d}"
 
 
 def project_name(index: int) -> str:
@@ -127,9 +135,15 @@ class Index:
         *,
         files: bool = False,
         serials: bool = False,
+        root_projects: int = 0,
         generations: dict[str, int] | None = None,
     ) -> None:
         self.projects = projects
+        # The root page lists this many projects in all (at least ``projects``): the others
+        # are upstream's projects nobody enrolled, each with a serial of its own and no page,
+        # so the root is as large as a real index's.
+        self.others = max(0, root_projects - projects)
+        self._other_entries: list[dict[str, object]] | None = None
         self.mode = mode
         self.start = start
         self.files = files
@@ -196,18 +210,26 @@ class Index:
         names = [project_name(i) for i in range(self.projects)]
         serials = [self.serial(name, self.pages.get(name)) for name in names]
         last = max(serials, default=0)
+        others = [other_name(i) for i in range(self.others)]
         if kind == "json":
+            if self._other_entries is None:
+                # Serials below every enrolled project's, as if they changed before the start.
+                self._other_entries = [
+                    {"name": name, "_last-serial": i % max(1, self.projects)}
+                    for i, name in enumerate(others)
+                ]
             body = json.dumps(
                 {
                     "meta": {"api-version": "1.1", "_last-serial": last},
                     "projects": [
                         {"name": name, "_last-serial": serial}
                         for name, serial in zip(names, serials, strict=True)
-                    ],
+                    ]
+                    + self._other_entries,
                 }
             ).encode()
         else:
-            links = "".join(f'<a href="{name}/">{name}</a>\n' for name in names)
+            links = "".join(f'<a href="{name}/">{name}</a>\n' for name in names + others)
             body = (
                 "<!DOCTYPE html>\n<html><head>"
                 '<meta name="pypi:repository-version" content="1.1">'
@@ -453,9 +475,16 @@ async def serve(
     serials: bool,
     generations: dict[str, int],
     port: int,
+    root_projects: int = 0,
 ) -> None:
     index = Index(
-        projects, mode, time.time() - 86400, files=files, serials=serials, generations=generations
+        projects,
+        mode,
+        time.time() - 86400,
+        files=files,
+        serials=serials,
+        root_projects=root_projects,
+        generations=generations,
     )
     if serials:
         index.root(index.root_kind(asked_json=True))
@@ -480,6 +509,7 @@ class Simulator:
         delay: float = 0.030,
         files: bool = False,
         serials: bool = False,
+        root_projects: int = 0,
         generations: str | None = None,
         port: int = 0,
     ) -> None:
@@ -492,6 +522,8 @@ class Simulator:
             argv.append("--files")
         if serials:
             argv.append("--serials")
+        if root_projects:
+            argv += ["--root-projects", str(root_projects)]
         if generations is not None:
             argv += ["--generations", generations]
         if port:
@@ -556,6 +588,12 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--generations", help="JSON file: releases added per project")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--root-projects",
+        type=int,
+        default=0,
+        help="projects the root page lists in all (with --serials; the rest have no page)",
+    )
     args = parser.parse_args(argv)
     generations: dict[str, int] = {}
     if args.generations:
@@ -571,6 +609,7 @@ def main(argv: list[str]) -> None:
                 args.serials,
                 generations,
                 args.port,
+                args.root_projects,
             )
         )
 
