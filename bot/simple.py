@@ -181,6 +181,15 @@ def _html_core_metadata(anchor: Mapping[str, str | None]) -> str | None:
     return "true"
 
 
+def _json_document(data: Any, key: str, page_url: str) -> list[Any]:
+    """The list under ``key`` of a PEP 691 document whose api-version this client speaks."""
+    document = as_dict(data, "the document", expected="a JSON object")
+    meta = document.get("meta")
+    if isinstance(meta, dict):
+        _check_api_version(meta.get("api-version"), page_url)
+    return as_list(document.get(key), key)
+
+
 def parse_json_page(data: Any, page_url: str) -> tuple[DistFile, ...]:
     """Files of a PEP 691 JSON project page; relative URLs resolved against page_url."""
 
@@ -188,11 +197,7 @@ def parse_json_page(data: Any, page_url: str) -> tuple[DistFile, ...]:
         return UpstreamError(f"upstream {page_url} sent an invalid project page: {path} {what}")
 
     try:
-        document = as_dict(data, "the document", expected="a JSON object")
-        meta = document.get("meta")
-        if isinstance(meta, dict):
-            _check_api_version(meta.get("api-version"), page_url)
-        entries = as_list(document.get("files"), "files")
+        entries = _json_document(data, "files", page_url)
         return tuple(
             _json_file(entry, f"files[{index}]", page_url, bad)
             for index, entry in enumerate(entries)
@@ -360,11 +365,7 @@ def parse_root_serials(data: Any, page_url: str) -> dict[str, int] | None:
     serials: dict[str, int] = {}
     missing = 0
     try:
-        document = as_dict(data, "the document", expected="a JSON object")
-        meta = document.get("meta")
-        if isinstance(meta, dict):
-            _check_api_version(meta.get("api-version"), page_url)
-        projects = as_list(document.get("projects"), "projects")
+        projects = _json_document(data, "projects", page_url)
         for index, item in enumerate(projects):
             at = f"projects[{index}]"
             entry = as_dict(item, at, expected="an object with a name")
