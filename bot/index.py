@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,18 +208,27 @@ def _read_page_if_any(
     return sorted(ours, key=lambda e: e.filename), sorted(theirs, key=lambda e: e.filename)
 
 
-def refresh(root: Path, pages: Mapping[str, Sequence[_Dist]]) -> list[str]:
+def refresh(
+    root: Path, pages: Mapping[str, Sequence[_Dist]], gone: Iterable[str] = ()
+) -> list[str]:
     """Bring upstream's files (and their yanks) onto the pages of these projects.
 
     Called with the pages the watch fetched anew, so a tick where upstream did not change
-    rewrites nothing. Writes the root pages once, whatever the number of projects. Returns a
-    line for each of our files whose yank state changed.
+    rewrites nothing; and with the projects whose page upstream no longer has (``gone``: a
+    404 where there was a page), whose wheels of ours are then yanked as for a deleted
+    release, on the pages we already have. Writes the root pages once, whatever the number
+    of projects. Returns a line for each of our files whose yank state changed.
     """
     said: list[str] = []
+    missing = {_project_name(project) for project in gone} - set(map(_project_name, pages))
+    missing = {name for name in missing if (root / "simple" / name / "index.json").is_file()}
+    if not pages and not missing:
+        return said
+    wanted: dict[str, Sequence[_Dist]] = {**pages, **{name: () for name in missing}}
     with _locked(root):
-        _begin(root, {_project_name(project): [] for project in pages})
+        _begin(root, {_project_name(project): [] for project in wanted})
         created = False
-        for project, dists in pages.items():
+        for project, dists in wanted.items():
             name = _project_name(project)
             page = _read_page_if_any(root, name)
             ours = page[0] if page is not None else []

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -168,6 +168,8 @@ class Watched:
     fresh: dict[str, ProjectPage] = field(default_factory=dict)
     unchanged: set[str] = field(default_factory=set)
     errors: dict[str, str] = field(default_factory=dict)
+    # Projects upstream answered 404 for where a page was stored: deleted upstream.
+    gone: set[str] = field(default_factory=set)
 
     def page(self, bot: Bot, name: str) -> ProjectPage:
         """The page to work from; UpstreamError with the reason when there is none."""
@@ -268,6 +270,10 @@ def watch_upstream(bot: Bot, entries: list[Entry]) -> Watched:
             progress=progress if len(items) > WATCH_PROGRESS else None,
         )
     )
+    if any(c.status == "missing" for c in checks):
+        # Read before record_checks drops the pages of the projects that went missing.
+        had = bot.state.page_marks()
+        watched.gone = {c.name for c in checks if c.status == "missing" and c.name in had}
     bot.state.record_checks(checks, serials)
     if not unmoved:
         bot.state.set_meta(FULL_CHECK_META, iso(moment))
@@ -287,15 +293,18 @@ def watch_upstream(bot: Bot, entries: list[Entry]) -> Watched:
     return watched
 
 
-def mirror_upstream(bot: Bot, fresh: Mapping[str, ProjectPage]) -> None:
+def mirror_upstream(bot: Bot, fresh: Mapping[str, ProjectPage], gone: Iterable[str] = ()) -> None:
     """Put upstream's files, and their yanks, on our pages of the projects whose page changed.
 
-    Only pages upstream sent anew are touched: a tick where nothing moved rewrites nothing.
+    Only pages upstream sent anew are touched, and those of projects upstream deleted
+    (``gone``: our wheels of them are yanked): a tick where nothing moved rewrites nothing.
     """
-    if not fresh:
+    gone = set(gone)
+    if not fresh and not gone:
         return
     try:
-        said = index.refresh(bot.state.index_dir, {n: p.files for n, p in fresh.items()})
+        files = {n: p.files for n, p in fresh.items()}
+        said = index.refresh(bot.state.index_dir, files, gone)
     except PublishError as exc:
         bot.echo(f"error: index: {exc}")
         return
@@ -358,7 +367,7 @@ def sync_all(
         else:
             due.append(entry)
     watched = watch_upstream(bot, due)
-    mirror_upstream(bot, watched.fresh)
+    mirror_upstream(bot, watched.fresh, watched.gone)
     marks = bot.state.page_marks()
     template = feedstock.template_version(bot.template_dir)
     heads = {

@@ -237,6 +237,13 @@ class UpstreamServer:
             ]
             self._numbered(name)
 
+    def remove_project(self, project: str) -> None:
+        """Delete the whole project: its page answers 404, as for a project deleted upstream."""
+        name = canonicalize_name(project)
+        with self._lock:
+            self._projects.pop(name, None)
+            self._numbered(name)
+
     def misbehave(self, project: str, *faults: Fault, forever: bool = False) -> None:
         """Answer the project's page with these faults, one per request, then normally.
 

@@ -19,6 +19,7 @@ from bot import index, index_pages, index_verify, serve
 from bot.errors import PublishError
 from bot.index import DELETED_UPSTREAM, IndexedFile, UpstreamEntry, propagate_yanks
 from bot.simple import DistFile
+from bot.state import State
 
 from conftest import Workspace
 from projects import assemble_wheel, fixture_sdist
@@ -183,6 +184,61 @@ def test_yank_unyank_and_delete_reach_our_wheel_through_ticks(
     assert (root / "simple" / "demo" / "index.json").stat().st_mtime_ns == stamp
 
 
+def backoff_over(ws: Workspace) -> None:
+    """As if the backoff after a failed check had run out (the CLI's clock is the real one)."""
+    state = State(ws.state)
+    try:
+        state.clear_failures("demo")
+    finally:
+        state.close()
+
+
+def test_a_project_deleted_upstream_has_our_wheels_yanked_and_kept(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    ws = workspace
+    ws.enrol("demo", "alice")
+    sdist = fixture_sdist(tmp_path, "demo", "1.0")
+    ws.upstream.add_file("demo", sdist)
+    assert ws.run("tick").code == 0
+    assert ws.run("review", "approve", "demo", "1.0", "--as", "alice").code == 0
+    root = ws.state / "index"
+
+    ws.upstream.remove_project("demo")  # the whole project: its page is a 404
+    result = ws.run("tick", "--no-build")
+    assert f"index: yanked demo-1.0-py3-none-any.whl: {DELETED_UPSTREAM}" in result.out
+    files = page(root, "demo")["files"]
+    assert [(f["filename"], f.get("yanked")) for f in files] == [
+        ("demo-1.0-py3-none-any.whl", DELETED_UPSTREAM)
+    ]
+    html = (root / "simple" / "demo" / "index.html").read_text()
+    assert f'data-yanked="{DELETED_UPSTREAM}"' in html
+    assert (root / "files" / "demo" / "demo-1.0-py3-none-any.whl").is_file()
+    assert ws.run("index", "verify").code == 0
+    # Still gone, checked again once its backoff has run out: the page is not written again.
+    backoff_over(ws)
+    stamp = (root / "simple" / "demo" / "index.json").stat().st_mtime_ns
+    result = ws.run("tick", "--no-build")
+    assert "not found" in result.out and "index: " not in result.out
+    assert (root / "simple" / "demo" / "index.json").stat().st_mtime_ns == stamp
+
+    backoff_over(ws)
+    ws.upstream.add_file("demo", sdist)  # back again
+    result = ws.run("tick", "--no-build")
+    assert "index: unyanked demo-1.0-py3-none-any.whl" in result.out
+    (mine,) = [f for f in page(root, "demo")["files"] if f["url"].startswith("../")]
+    assert "yanked" not in mine
+
+
+def test_a_project_gone_upstream_without_a_page_of_ours_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    index.refresh(root, {"kept": [dist("kept-1.0.tar.gz")]})
+    before = sorted(p.relative_to(root) for p in root.rglob("*") if not p.name.startswith("."))
+    assert index.refresh(root, {}, gone=["never-here"]) == []
+    after = sorted(p.relative_to(root) for p in root.rglob("*") if not p.name.startswith("."))
+    assert after == before
+
+
 @pytest.fixture
 def served(workspace: Workspace) -> Iterator[str]:
     server = serve.make_server(workspace.state / "index", "127.0.0.1", 0)
@@ -193,7 +249,6 @@ def served(workspace: Workspace) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
 
 
 @pytest.mark.slow
