@@ -143,16 +143,21 @@ def test_refresh_hosts_enrolled_projects_and_writes_the_root_once(tmp_path: Path
     assert {n: (root / "simple" / n / "index.json").stat().st_mtime_ns for n in names} == mtimes
 
 
-def test_yank_unyank_and_delete_reach_our_wheel_through_ticks(
-    workspace: Workspace, tmp_path: Path
-) -> None:
-    ws = workspace
+def published_demo(ws: Workspace, tmp_path: Path) -> tuple[Path, Path]:
+    """demo 1.0 upstream, built and approved: its sdist, and the index tree it is in."""
     ws.enrol("demo", "alice")
     sdist = fixture_sdist(tmp_path, "demo", "1.0")
     ws.upstream.add_file("demo", sdist)
     assert ws.run("tick").code == 0
     assert ws.run("review", "approve", "demo", "1.0", "--as", "alice").code == 0
-    root = ws.state / "index"
+    return sdist, ws.state / "index"
+
+
+def test_yank_unyank_and_delete_reach_our_wheel_through_ticks(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    ws = workspace
+    sdist, root = published_demo(ws, tmp_path)
 
     def ours() -> dict[str, Any]:
         (mine,) = [f for f in page(root, "demo")["files"] if f["url"].startswith("../")]
@@ -197,12 +202,7 @@ def test_a_project_deleted_upstream_has_our_wheels_yanked_and_kept(
     workspace: Workspace, tmp_path: Path
 ) -> None:
     ws = workspace
-    ws.enrol("demo", "alice")
-    sdist = fixture_sdist(tmp_path, "demo", "1.0")
-    ws.upstream.add_file("demo", sdist)
-    assert ws.run("tick").code == 0
-    assert ws.run("review", "approve", "demo", "1.0", "--as", "alice").code == 0
-    root = ws.state / "index"
+    sdist, root = published_demo(ws, tmp_path)
 
     ws.upstream.remove_project("demo")  # the whole project: its page is a 404
     result = ws.run("tick", "--no-build")
