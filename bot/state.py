@@ -101,6 +101,11 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+# In the meta table: the forge's cursor (bot.forge.Changes) as of the last tick that went
+# through; what the forge says changed since is what the state does not know yet.
+FORGE_CURSOR = "forge-cursor"
+
+
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -194,6 +199,11 @@ class State(UpstreamPages):
     @property
     def downloads_dir(self) -> Path:
         return self.root / "downloads"
+
+    @property
+    def registry_cache(self) -> Path:
+        """The registry's entries as last parsed, per file (bot.registry_cache)."""
+        return self.root / "registry-cache.json"
 
     def close(self) -> None:
         self.db.close()

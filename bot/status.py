@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from packaging.utils import canonicalize_name
 from bot import feedstock, registry
 from bot.feedstock import FEEDSTOCK_FILE
 from bot.forge import Forge
-from bot.state import State, iso
+from bot.state import FORGE_CURSOR, State, iso
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,27 @@ class ProjectStatus:
 
 
 def status(state: State, forge: Forge, registry_dir: Path) -> list[ProjectStatus]:
-    reg = registry.load_directory(registry_dir)
+    """Every project's line, from a handful of queries: no git for a feedstock that did not
+    move since the last tick, whose version the state keeps from that tick's sync."""
+    reg = registry.load_directory(registry_dir, cache=state.registry_cache)
     retired = state.retired()
     problems: dict[str, str] = {canonicalize_name(p.path.stem): str(p) for p in reg.problems}
-    names = sorted(set(forge.feedstocks()) | {e.name for e in reg.entries} | set(problems))
+    feedstocks = set(forge.feedstocks())
+    names = sorted(feedstocks | {e.name for e in reg.entries} | set(problems))
     entries = {e.name: e for e in reg.entries}
     attempts = state.attempts()
+    # main's version where the last complete sync left it and the forge says nothing of the
+    # project changed since; the rest are read from the forge.
+    changes = forge.changes(state.get_meta(FORGE_CURSOR))
+    known = {
+        name: row.version
+        for name, row in state.synced().items()
+        if row.version is not None and changes.complete and name not in changes.projects
+    }
+    last_builds = {build.project: build for build in state.builds()}  # in id order: the last
+    open_prs: dict[str, list[int]] = defaultdict(list)
+    for pr in forge.pull_requests(state="open"):
+        open_prs[pr.project].append(pr.number)
     rows = []
     for name in names:
         entry = entries.get(name)
@@ -53,11 +69,12 @@ def status(state: State, forge: Forge, registry_dir: Path) -> list[ProjectStatus
         else:
             kind = "retired" if name in retired else "removed"
         version = None
-        if forge.has_feedstock(name):
-            text = forge.read_file(name, FEEDSTOCK_FILE)
-            version = feedstock.parse(text, f"{name}-feedstock/{FEEDSTOCK_FILE}").version
-        builds = state.builds(project=name)
-        last = builds[-1] if builds else None
+        if name in feedstocks:
+            version = known.get(name)
+            if version is None:
+                text = forge.read_file(name, FEEDSTOCK_FILE)
+                version = feedstock.parse(text, f"{name}-feedstock/{FEEDSTOCK_FILE}").version
+        last = last_builds.get(name)
         attempt = attempts.get(name)
         if attempt is not None and note is None:
             note = (
@@ -71,7 +88,7 @@ def status(state: State, forge: Forge, registry_dir: Path) -> list[ProjectStatus
                 name=name,
                 state=kind,
                 feedstock=version,
-                open_prs=tuple(pr.number for pr in forge.pull_requests(name, "open")),
+                open_prs=tuple(open_prs.get(name, ())),
                 last_build=None if last is None else f"{last.version} {last.status}",
                 note=note,
             )

@@ -23,15 +23,13 @@ from bot.propose import propose_bump, source_of
 from bot.prs import backoff
 from bot.registry import Entry
 from bot.simple import DistFile, ProjectPage
-from bot.state import Synced, iso
+from bot.state import FORGE_CURSOR, Synced, iso
 from bot.upstream import Validators
 from bot.versions import Choice, choose_release
 from bot.watch import watch
 
 # A watch over more projects than this reports its progress.
 WATCH_PROGRESS = 1000
-# In the state directory: the registry's entries as last parsed, per file (bot.registry).
-REGISTRY_CACHE = "registry-cache.json"
 # In the state's meta table: the change feed's URL and validators, or when upstream was
 # found to offer none; and when every page was last checked, feed or not.
 FEED_META = "upstream-feed"
@@ -119,7 +117,7 @@ def sync_project(
 def load_registry(bot: Bot, summary: Summary) -> registry.Registry:
     # Parsed entries are kept between ticks: 25,000 YAML files took 11 s to parse, 0.4 s to
     # stat and reuse (bot.registry).
-    reg = registry.load_directory(bot.registry_dir, cache=bot.state.root / REGISTRY_CACHE)
+    reg = registry.load_directory(bot.registry_dir, cache=bot.state.registry_cache)
     for problem in reg.problems:
         summary.errors.append(str(problem))
         bot.echo(f"error: {problem}")
@@ -310,10 +308,6 @@ def mirror_upstream(bot: Bot, fresh: Mapping[str, ProjectPage], gone: Iterable[s
         return
     for line in said:
         bot.echo(f"index: {line}")
-
-
-# The forge's cursor as of the last tick that went through (bot.forge.Changes).
-FORGE_CURSOR = "forge-cursor"
 
 
 def fingerprint(bot: Bot, entry: Entry, page_mark: str | None, template: int) -> str:

@@ -83,6 +83,33 @@ def test_a_tick_where_nothing_moved_runs_no_git(
     assert git_log.runs() == []
 
 
+def test_status_after_a_quiet_tick_runs_no_git_and_reads_what_moved_since(
+    workspace: Workspace, tmp_path: Path, git_log: GitLog
+) -> None:
+    ws = workspace
+    settled(ws, tmp_path)
+    assert ws.run("tick", "--no-build").code == 0
+    git_log.clear()
+    result = ws.run("status")
+    assert result.code == 0, result.out
+    assert git_log.runs() == []
+    forge = LocalForge(ws.state / "forge")
+    lines = {line.split()[0]: line.split() for line in result.out.splitlines()[1:]}
+    assert {name: lines[name][2] for name in PROJECTS} == dict.fromkeys(PROJECTS, "1.0")
+    for name in PROJECTS:
+        numbers = ",".join(f"#{pr.number}" for pr in forge.pull_requests(name, "open")) or "-"
+        assert lines[name][3] == numbers
+
+    # A merge by hand after the tick: status reads that feedstock, and only that one, again.
+    (pr,) = forge.pull_requests("alpha", "open")
+    assert ws.run("pr", "merge", str(pr.number), "--as", "volunteer").code == 0
+    git_log.clear()
+    result = ws.run("status")
+    assert repos_touched(git_log.runs(), forge) == {"alpha"}
+    lines = {line.split()[0]: line.split() for line in result.out.splitlines()[1:]}
+    assert (lines["alpha"][2], lines["alpha"][3], lines["beta"][2]) == ("1.1", "-", "1.0")
+
+
 def human_push(forge: LocalForge, project: str, branch: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = git.Repo.clone_from(str(forge.repo_path(project)), tmp, branch=branch)
@@ -123,8 +150,12 @@ def test_only_the_project_that_moved_is_read(
 
     # A merge by hand moves main: that project alone is read again, and its new head is the
     # one the next build looks at.
-    assert workspace.run("pr", "merge", str(forge.pull_requests("alpha", "open")[0].number),
-                         "--as", "volunteer").code == 0
+    assert (
+        workspace.run(
+            "pr", "merge", str(forge.pull_requests("alpha", "open")[0].number), "--as", "volunteer"
+        ).code
+        == 0
+    )
     git_log.clear()
     assert workspace.run("tick", "--no-build").code == 0
     assert repos_touched(git_log.runs(), forge) == {"alpha"}
