@@ -43,7 +43,7 @@ from bot.errors import BuildError, ProjectNotFound, UpstreamError, WheelstockErr
 from bot.forge.local import LocalForge
 from bot.fsutil import atomic_write_text
 from bot.pipconfig import default_index_url
-from bot.state import State
+from bot.state import FORGE_CURSOR, State
 from bot.upstream import Upstream, make_client
 
 STATE_ENV = "WHEELSTOCK_STATE_DIR"
@@ -543,7 +543,9 @@ def cmd_graph(args: argparse.Namespace, state: State) -> int:
     bot.echo = lambda line: print(line, file=sys.stderr)  # progress apart from the answer
     summary = Summary()
     reg = tick.load_registry(bot, summary)
-    graph = dependencies.dependency_graph(bot, reg.entries, summary)
+    # What main builds, without git, for every feedstock that did not move since the last tick.
+    versions = state.settled_versions(bot.forge.changes(state.get_meta(FORGE_CURSOR)))
+    graph = dependencies.dependency_graph(bot, reg.entries, summary, versions)
     if args.action == "order":
         waves, broken = graph.build_order()
         for number, wave in enumerate(waves, 1):

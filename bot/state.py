@@ -16,8 +16,7 @@ from bot.state_pages import WATCH_SCHEMA, UpstreamPages
 from bot.state_pages import now as now  # re-exported: times as the database writes them
 
 if TYPE_CHECKING:
-    # Imported for real inside the methods: state stays cheap to import without httpx.
-    pass
+    from bot.forge import Changes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS builds (
@@ -424,6 +423,17 @@ class State(UpstreamPages):
         return {
             str(p): Synced(str(f), None if h is None else str(h), None if v is None else str(v))
             for p, f, h, v in rows
+        }
+
+    def settled_versions(self, changes: Changes) -> dict[str, str]:
+        """What main builds per project, as its last complete sync left it, for every project
+        the forge's ``changes`` since that tick (``FORGE_CURSOR``) do not name: no git."""
+        if not changes.complete:
+            return {}
+        return {
+            name: row.version
+            for name, row in self.synced().items()
+            if row.version is not None and name not in changes.projects
         }
 
     def record_synced(self, project: str, synced: Synced) -> None:

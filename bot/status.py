@@ -46,12 +46,7 @@ def status(state: State, forge: Forge, registry_dir: Path) -> list[ProjectStatus
     attempts = state.attempts()
     # main's version where the last complete sync left it and the forge says nothing of the
     # project changed since; the rest are read from the forge.
-    changes = forge.changes(state.get_meta(FORGE_CURSOR))
-    known = {
-        name: row.version
-        for name, row in state.synced().items()
-        if row.version is not None and changes.complete and name not in changes.projects
-    }
+    known = state.settled_versions(forge.changes(state.get_meta(FORGE_CURSOR)))
     last_builds = {build.project: build for build in state.builds()}  # in id order: the last
     open_prs: dict[str, list[int]] = defaultdict(list)
     for pr in forge.pull_requests(state="open"):

@@ -17,6 +17,7 @@ import git
 import pytest
 
 from bot.forge.local import LocalForge
+from bot.state import FORGE_CURSOR, State
 
 from conftest import Workspace
 from projects import fixture_sdist
@@ -108,6 +109,28 @@ def test_status_after_a_quiet_tick_runs_no_git_and_reads_what_moved_since(
     assert repos_touched(git_log.runs(), forge) == {"alpha"}
     lines = {line.split()[0]: line.split() for line in result.out.splitlines()[1:]}
     assert (lines["alpha"][2], lines["alpha"][3], lines["beta"][2]) == ("1.1", "-", "1.0")
+
+
+def test_the_graph_after_a_quiet_tick_runs_no_git_and_is_the_graph_git_gives(
+    workspace: Workspace, tmp_path: Path, git_log: GitLog
+) -> None:
+    ws = workspace
+    settled(ws, tmp_path)
+    assert ws.run("tick", "--no-build").code == 0
+    git_log.clear()
+    quiet = ws.run("graph", "export")
+    assert quiet.code == 0 and git_log.runs() == []
+    assert all(f'"{name}"' in quiet.out for name in PROJECTS)
+    # Without the forge's cursor every version is read from git again: the same graph.
+    state = State(ws.state)
+    try:
+        with state.transaction() as db:
+            db.execute("DELETE FROM meta WHERE key = ?", (FORGE_CURSOR,))
+    finally:
+        state.close()
+    read = ws.run("graph", "export")
+    assert repos_touched(git_log.runs(), LocalForge(ws.state / "forge")) == set(PROJECTS)
+    assert read.out == quiet.out
 
 
 def human_push(forge: LocalForge, project: str, branch: str) -> None:
