@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -48,8 +48,8 @@ def changed_since(ref: str, directory: Path) -> list[Path]:
     return [p for p in changed if p.is_file()]
 
 
-# Asks upstream about a project: None when it exists, else (code, message).
-ProjectCheck = Callable[[str], tuple[str, str] | None]
+# Asks upstream about projects, all at once: (code, message) for each that is not there.
+ProjectCheck = Callable[[Sequence[str]], Mapping[str, tuple[str, str]]]
 
 
 def lint(
@@ -66,16 +66,15 @@ def lint(
     files = expand(paths)
     registry = load(files)
     problems = list(registry.problems)
+    wanted = None if only is None else {p.resolve() for p in only}
     if exists is not None:
-        for entry in registry.entries:
-            if only is not None and entry.path.resolve() not in {p.resolve() for p in only}:
-                continue
-            found = exists(entry.project)
-            if found is not None:
+        asked = [e for e in registry.entries if wanted is None or e.path.resolve() in wanted]
+        found = exists([entry.project for entry in asked])
+        for entry in asked:
+            if entry.project in found:
                 line, col = registry.positions.get(entry.path, (1, 1))
-                problems.append(Problem(entry.path, line, col, *found))
-    if only is not None:
-        wanted = {p.resolve() for p in only}
+                problems.append(Problem(entry.path, line, col, *found[entry.project]))
+    if wanted is not None:
         problems = [p for p in problems if p.path.resolve() in wanted]
     return problems
 
