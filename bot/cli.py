@@ -45,7 +45,6 @@ from bot.fsutil import atomic_write_text
 from bot.pipconfig import default_index_url
 from bot.state import FORGE_CURSOR, State
 from bot.upstream import Upstream, make_client
-from bot.watch import watch
 
 STATE_ENV = "WHEELSTOCK_STATE_DIR"
 
@@ -439,31 +438,8 @@ def cmd_build(args: argparse.Namespace, state: State) -> int:
     return 1 if summary.errors or summary.failed else 0
 
 
-def _exists_upstream(upstream: Upstream) -> lint.ProjectCheck:
-    def check(projects: Sequence[str]) -> dict[str, tuple[str, str]]:
-        # Concurrently, as the tick's watch: a whole registry of 25,000 is one watch's work.
-        spelled: dict[str, str] = {canonicalize_name(p): p for p in projects}
-
-        def progress(done: int, total: int) -> None:
-            print(f"checked {done}/{total} projects upstream", file=sys.stderr)
-
-        found: dict[str, tuple[str, str]] = {}
-        items = [(project, None) for project in spelled.values()]
-        verbose = len(items) > tick.WATCH_PROGRESS
-        for checked in watch(
-            upstream, items, processes=None, progress=progress if verbose else None
-        ):
-            project = spelled[checked.name]
-            if checked.status == "missing":
-                found[project] = (
-                    "WS122",
-                    f"project {project!r} not found upstream at {upstream.index_url}",
-                )
-            elif checked.status == "failed":
-                found[project] = ("WS123", f"could not check {project!r} upstream: {checked.error}")
-        return found
-
-    return check
+def _progress(done: int, total: int) -> None:
+    print(f"checked {done}/{total} projects upstream", file=sys.stderr)
 
 
 def cmd_registry(args: argparse.Namespace, state: State | None) -> int:
@@ -479,7 +455,7 @@ def cmd_registry(args: argparse.Namespace, state: State | None) -> int:
         only = lint.changed_since(args.changed_since, args.registry)
         paths = [args.registry]
     checked = only if only is not None else lint.expand(paths)
-    exists = None if args.offline else _exists_upstream(_upstream(args))
+    exists = None if args.offline else lint.upstream_check(_upstream(args), _progress)
     problems = lint.lint(paths, only=only, exists=exists)
     if args.format == "markdown":
         print(lint.format_markdown(problems, checked), end="")

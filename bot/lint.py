@@ -1,6 +1,7 @@
 """The lint that answers a registry PR, and ``wheelstock enrol``'s new entry files.
 
-Reads entries with ``bot.registry``; reports in text, JSON or Markdown for a PR comment.
+Reads entries with ``bot.registry``, asks upstream whether their projects exist through
+``bot.watch``, and reports in text, JSON or Markdown for a PR comment.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from packaging.utils import canonicalize_name
 from bot.errors import RegistryError
 from bot.fsutil import atomic_write_text
 from bot.registry import CODES, Problem, load, load_entry, registry_files
+from bot.upstream import Upstream
+from bot.watch import watch
 
 
 def expand(paths: Sequence[Path]) -> list[Path]:
@@ -50,6 +53,34 @@ def changed_since(ref: str, directory: Path) -> list[Path]:
 
 # Asks upstream about projects, all at once: (code, message) for each that is not there.
 ProjectCheck = Callable[[Sequence[str]], Mapping[str, tuple[str, str]]]
+
+
+# More projects than this: upstream_check reports its progress.
+PROGRESS_FROM = 1000
+
+
+def upstream_check(
+    upstream: Upstream, progress: Callable[[int, int], None] | None = None
+) -> ProjectCheck:
+    """A ProjectCheck that asks ``upstream`` about every project at once, through the
+    tick's watch (threads, worker processes, keep-alive, its retries): 25,000 entries are
+    one watch's work. ``progress(done, total)`` is called past PROGRESS_FROM projects."""
+
+    def check(projects: Sequence[str]) -> dict[str, tuple[str, str]]:
+        spelled: dict[str, str] = {canonicalize_name(p): p for p in projects}
+        items = [(project, None) for project in spelled.values()]
+        report = progress if len(items) > PROGRESS_FROM else None
+        found: dict[str, tuple[str, str]] = {}
+        for checked in watch(upstream, items, processes=None, progress=report):
+            project = spelled[checked.name]
+            if checked.status == "missing":
+                why = f"project {project!r} not found upstream at {upstream.index_url}"
+                found[project] = ("WS122", why)
+            elif checked.status == "failed":
+                found[project] = ("WS123", f"could not check {project!r} upstream: {checked.error}")
+        return found
+
+    return check
 
 
 def lint(
