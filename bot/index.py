@@ -221,7 +221,7 @@ def refresh(
     """
     said: list[str] = []
     missing = {_project_name(project) for project in gone} - set(map(_project_name, pages))
-    missing = {name for name in missing if (root / "simple" / name / "index.json").is_file()}
+    missing = {name for name in missing if _gone_news(root, name)}
     if not pages and not missing:
         return said
     wanted: dict[str, Sequence[_Dist]] = {**pages, **{name: () for name in missing}}
@@ -247,6 +247,15 @@ def refresh(
             _write_root_pages(root, durable=False)
         _end(root, synced=True)
     return said
+
+
+def _gone_news(root: Path, name: NormalizedName) -> bool:
+    """Whether our page of a project deleted upstream still shows it as there."""
+    page = _read_page_if_any(root, name)
+    if page is None:
+        return False
+    ours, theirs = page
+    return bool(theirs) or propagate_yanks(ours, []) != ours
 
 
 def rebuild(root: Path) -> int:

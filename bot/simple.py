@@ -375,6 +375,8 @@ def parse_root_serials(data: Any, page_url: str) -> dict[str, int] | None:
                 missing += 1
                 continue
             serial = as_int(serial, f"{at}._last-serial", nonnegative=True)
+            if serial >= 2**63:
+                raise Mismatch(f"{at}._last-serial", "a serial below 2**63")
             name = canonicalize_name(name)
             serials[name] = max(serial, serials.get(name, serial))
     except Mismatch as exc:

@@ -446,10 +446,14 @@ class State(UpstreamPages):
                 (project, synced.fingerprint, synced.head, synced.version, now()),
             )
 
-    def forget_synced(self, project: str) -> None:
-        """Before a sync starts: one that dies half-way leaves the project to sync again."""
+    def forget_synced(self, *projects: str) -> None:
+        """Before a sync starts: one that dies half-way leaves the project to sync again.
+
+        And for a project that moved but is not synced now (skipped, retired, backing off):
+        main's version is no longer known. One transaction for all of them.
+        """
         with self.transaction() as db:
-            db.execute("DELETE FROM synced WHERE project = ?", (project,))
+            db.executemany("DELETE FROM synced WHERE project = ?", [(p,) for p in projects])
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -143,15 +143,15 @@ class UpstreamPages:
             )
 
     def record_feed(self, serials: Mapping[str, int | None]) -> None:
-        """Store the serials a change feed gave (None: the feed does not list the project).
+        """Store the serials a change feed gave, on every stored page (one the feed does not
+        list gets none), whether or not its project is watched now: a project left out of
+        this tick (backing off, skipped) must not keep an older serial for the next.
 
         Only rows whose serial moved are written: at 25,000 projects and 1% moving, 250.
         """
         known = dict(self.db.execute("SELECT project, feed_serial FROM pages"))
         moved = [
-            (serial, name)
-            for name, serial in serials.items()
-            if name in known and known[name] != serial
+            (serials.get(name), name) for name, old in known.items() if serials.get(name) != old
         ]
         with self.db as db:
             db.executemany("UPDATE pages SET feed_serial = ? WHERE project = ?", moved)

@@ -223,7 +223,7 @@ def read_feed(bot: Bot, names: list[str]) -> tuple[set[str], dict[str, int] | No
         return set(), None
     if feed.serials is not None:
         serials = {name: feed.serials[name] for name in names if name in feed.serials}
-        bot.state.record_feed({name: serials.get(name) for name in names})
+        bot.state.record_feed(feed.serials)
         etag, modified = feed.validators.etag, feed.validators.last_modified
         bot.state.set_meta(
             FEED_META, json.dumps({"url": url, "etag": etag, "last_modified": modified})
@@ -268,10 +268,7 @@ def watch_upstream(bot: Bot, entries: list[Entry]) -> Watched:
             progress=progress if len(items) > WATCH_PROGRESS else None,
         )
     )
-    if any(c.status == "missing" for c in checks):
-        # Read before record_checks drops the pages of the projects that went missing.
-        had = bot.state.page_marks()
-        watched.gone = {c.name for c in checks if c.status == "missing" and c.name in had}
+    watched.gone = {c.name for c in checks if c.status == "missing"}
     bot.state.record_checks(checks, serials)
     if not unmoved:
         bot.state.set_meta(FULL_CHECK_META, iso(moment))
@@ -360,6 +357,11 @@ def sync_all(
             )
         else:
             due.append(entry)
+    # Moved but not synced now (skipped, retired, backing off): its version is no longer
+    # known, so status, the graph and a later sync do not take the stale one.
+    unsynced = moved - {e.name for e in due}
+    if unsynced:
+        bot.state.forget_synced(*sorted(unsynced))
     watched = watch_upstream(bot, due)
     mirror_upstream(bot, watched.fresh, watched.gone)
     marks = bot.state.page_marks()

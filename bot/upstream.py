@@ -255,7 +255,9 @@ def _validators_of(response: httpx.Response, sent: Validators) -> Validators:
 
 def _serial_of(response: httpx.Response) -> int | None:
     value = response.headers.get(SERIAL_HEADER, "").strip()
-    return int(value) if value.isascii() and value.isdigit() else None
+    if not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > 18:
+        return None
+    return int(value)
 
 
 def _content_type(response: httpx.Response) -> str:

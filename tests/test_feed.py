@@ -15,11 +15,15 @@ from typing import Any
 import pytest
 from test_propose import Kit
 
-from bot.errors import UpstreamError
-from bot.simple import parse_root_serials
+from bot import tick
+from bot.context import Bot, Summary
+from bot.errors import UpstreamError, WheelstockError
+from bot.registry import Entry
+from bot.simple import ProjectPage, parse_root_serials
 from bot.state import State
 from bot.upstream import Checked, Upstream, Validators, make_client
 
+from conftest import Workspace
 from support import Fault, UpstreamServer
 
 
@@ -297,3 +301,77 @@ def test_a_small_watch_does_not_read_the_feed(tmp_path: Path, feeding: UpstreamS
     start = len(feeding.requests)
     kit.tick()
     assert _root_requests(feeding, start) == 1
+
+
+# -- what a watch leaves out, and what upstream may send ------------------------------------
+
+
+def test_a_project_released_while_unenrolled_is_checked_after_a_root_304(kit: Kit) -> None:
+    kit.tick()
+    kit.tick()
+    entry = (kit.registry / "gamma.yaml").read_text()
+    (kit.registry / "gamma.yaml").unlink()
+    kit.tick()
+    kit.release("gamma", "1.1")
+    kit.tick()  # the root page is a 200, but gamma is not watched: its serial is stored anyway
+    (kit.registry / "gamma.yaml").write_text(entry)
+    start = len(kit.upstream.requests)
+    kit.tick()
+    assert kit.upstream.seen("/simple/")[-1].status == 304
+    assert "/simple/gamma/" in _page_requests(kit.upstream, start), kit.lines
+    assert [pr.title for pr in kit.prs("gamma", "open")] == ["gamma 1.0 → 1.1"]
+
+
+def test_a_project_released_during_its_backoff_is_checked_after_a_root_304(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit.tick()
+    real = tick.sync_project
+    failing = {"gamma"}
+
+    def sync(bot: Bot, entry: Entry, page: ProjectPage, summary: Summary, affected: Any) -> Any:
+        if entry.name in failing:
+            raise WheelstockError("forge hiccup")
+        return real(bot, entry, page, summary, affected)
+
+    monkeypatch.setattr(tick, "sync_project", sync)
+    kit.release("gamma", "1.0.1")  # gamma syncs, and fails: a backoff of 2 h
+    assert any("forge hiccup" in e for e in kit.tick().errors)
+    failing.clear()
+    kit.release("gamma", "1.1")
+    kit.tick()  # the root page is a 200 while gamma backs off
+    kit.now += timedelta(hours=3)  # the backoff is over; nothing changed upstream since
+    start = len(kit.upstream.requests)
+    kit.tick()
+    assert kit.upstream.seen("/simple/")[-1].status == 304
+    assert "/simple/gamma/" in _page_requests(kit.upstream, start), kit.lines
+    assert "gamma 1.0 → 1.1" in [pr.title for pr in kit.prs("gamma", "open")]
+
+
+@pytest.mark.parametrize("serial", [2**63, "9" * 5000], ids=["past-sqlite", "5000-digits"])
+@pytest.mark.parametrize(
+    "limits", [{}, {"change_feed": False}, {"change_feed_from": 1}], ids=["small", "off", "feed"]
+)
+def test_a_serial_upstream_cannot_mean_costs_no_tick(
+    tmp_path: Path, feeding: UpstreamServer, limits: dict[str, object], serial: object
+) -> None:
+    kit = Kit(tmp_path, feeding, limits=limits)  # type: ignore[arg-type]
+    kit.enrol("alpha", "alice")
+    kit.release("alpha", "1.0")
+    feeding._last_serial["alpha"] = serial  # type: ignore[assignment]
+    summary = kit.tick()
+    assert summary.created == 1
+    if limits.get("change_feed_from") == 1 and serial == 2**63:
+        # On the root page too: the feed cannot be read, so every page is checked.
+        assert any("change feed unavailable" in line for line in kit.lines), kit.lines
+
+
+def test_the_lint_survives_a_serial_header_of_5000_digits(
+    tmp_path: Path, feeding: UpstreamServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = Workspace(tmp_path, feeding, capsys)
+    ws.enrol("alpha", "alice")
+    feeding.add_file("alpha", _sdist(tmp_path, "alpha", "1.0"))
+    feeding._last_serial["alpha"] = "9" * 5000  # type: ignore[assignment]
+    result = ws.run("registry", "lint")
+    assert result.code == 0, result.out + result.err

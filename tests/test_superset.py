@@ -230,6 +230,45 @@ def test_a_project_deleted_upstream_has_our_wheels_yanked_and_kept(
     assert "yanked" not in mine
 
 
+def test_a_deleted_projects_yank_survives_a_failed_index_write(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = workspace
+    _, root = published_demo(ws, tmp_path)
+    ws.upstream.remove_project("demo")
+    real = index.refresh
+
+    def broken(*args: Any, **kwargs: Any) -> list[str]:
+        raise PublishError("disk full")
+
+    monkeypatch.setattr(index, "refresh", broken)
+    assert "error: index: disk full" in ws.run("tick", "--no-build").out
+    monkeypatch.setattr(index, "refresh", real)
+    backoff_over(ws)
+    result = ws.run("tick", "--no-build")
+    assert f"index: yanked demo-1.0-py3-none-any.whl: {DELETED_UPSTREAM}" in result.out
+    (mine,) = [f for f in page(root, "demo")["files"] if f["url"].startswith("../")]
+    assert mine["yanked"] == DELETED_UPSTREAM
+
+
+def test_a_deleted_project_whose_stored_page_has_no_digest_has_our_wheels_yanked(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # A page stored before pages had a digest, and only answered 304 since, has none.
+    ws = workspace
+    _, root = published_demo(ws, tmp_path)
+    state = State(ws.state)
+    try:
+        with state.transaction() as db:
+            db.execute("UPDATE pages SET digest = NULL")
+    finally:
+        state.close()
+    ws.upstream.remove_project("demo")
+    ws.run("tick", "--no-build")
+    (mine,) = [f for f in page(root, "demo")["files"] if f["url"].startswith("../")]
+    assert mine["yanked"] == DELETED_UPSTREAM
+
+
 def test_a_project_gone_upstream_without_a_page_of_ours_writes_nothing(tmp_path: Path) -> None:
     root = tmp_path / "index"
     index.refresh(root, {"kept": [dist("kept-1.0.tar.gz")]})

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import git
 import pytest
+from test_propose import quick_sdist
 
 from bot.forge.local import LocalForge
 from bot.state import FORGE_CURSOR, State
@@ -131,6 +132,34 @@ def test_the_graph_after_a_quiet_tick_runs_no_git_and_is_the_graph_git_gives(
     read = ws.run("graph", "export")
     assert repos_touched(git_log.runs(), LocalForge(ws.state / "forge")) == set(PROJECTS)
     assert read.out == quiet.out
+
+
+@pytest.mark.parametrize("how", ["skip", "remove"])
+def test_status_and_graph_show_mains_version_after_a_merge_while_the_entry_is_not_synced(
+    workspace: Workspace, tmp_path: Path, how: str
+) -> None:
+    # A skipped or removed entry is not synced, so the state's version of it is not main's
+    # once main moves; status and the graph must read it from the forge.
+    ws = workspace
+    for name in ("base", "demo"):
+        ws.enrol(name, "alice")
+        ws.upstream.add_file(name, quick_sdist(tmp_path / name, name, "1.0"))
+    assert ws.run("tick", "--no-build").code == 0
+    ws.upstream.add_file("demo", quick_sdist(tmp_path / "demo-1.1", "demo", "1.1", ("base",)))
+    assert ws.run("tick", "--no-build").code == 0  # the bump PR; 1.1's metadata are read
+    assert ws.run("tick", "--no-build").code == 0  # settled: the state keeps main's 1.0
+    (pr,) = LocalForge(ws.state / "forge").pull_requests("demo", "open")
+    path = ws.registry / "demo.yaml"
+    if how == "skip":
+        path.write_text(path.read_text() + "skip: paused by upstream's request\n")
+    else:
+        path.unlink()
+    assert ws.run("pr", "merge", str(pr.number), "--as", "alice").code == 0
+    assert ws.run("tick", "--no-build").code == 0  # past the merge; demo is not synced
+    lines = {line.split()[0]: line.split() for line in ws.run("status").out.splitlines()[1:]}
+    assert lines["demo"][2] == "1.1"
+    if how == "skip":
+        assert "demo" in ws.run("graph", "impact", "base").out
 
 
 def human_push(forge: LocalForge, project: str, branch: str) -> None:
