@@ -90,6 +90,11 @@ class Checked:
 SERIAL_HEADER = "X-PyPI-Last-Serial"
 
 
+# A root page larger than this is not read as a change feed (the watch checks every page
+# instead): a real index's, listing about a million projects with serials, is near 50 MB.
+MAX_ROOT_BYTES = 256 << 20
+
+
 @dataclass(frozen=True)
 class Feed:
     """What the root page said of every project (`Upstream.feed`).
@@ -264,12 +269,12 @@ def _content_type(response: httpx.Response) -> str:
     return str(response.headers.get("content-type", "")).split(";", 1)[0].strip().lower()
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(content: bytes, url: object) -> Any:
     try:
-        return json.loads(response.content)
+        return json.loads(content)
     except (ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise UpstreamError(f"upstream {response.url} sent invalid JSON: {reason}") from exc
+        raise UpstreamError(f"upstream {url} sent invalid JSON: {reason}") from exc
 
 
 def _status_message(url: str, response: httpx.Response) -> str:
@@ -455,18 +460,25 @@ class Upstream:
             "GET", url, headers={"Accept": ACCEPT, **sent.headers()}
         )
 
-        def fetch() -> httpx.Response:
+        def fetch() -> tuple[httpx.Response, bytes]:
             response = self.client.send(request, stream=True)
+            body = bytearray()
             try:
                 if _is_retryable_status(response.status_code):
                     raise _ServerError(response)
                 if response.status_code == 200 and _content_type(response) == JSON_V1:
-                    response.read()
+                    for chunk in response.iter_bytes():  # decoded: a gzip bomb counts in full
+                        body += chunk
+                        if len(body) > MAX_ROOT_BYTES:
+                            raise UpstreamError(
+                                f"upstream {url} sent a root page of more than "
+                                f"{MAX_ROOT_BYTES >> 20} MiB"
+                            )
             finally:
                 response.close()
-            return response
+            return response, bytes(body)
 
-        response = self._retrying(url, fetch)
+        response, content = self._retrying(url, fetch)
         status = response.status_code
         if status == 304 and (sent.etag or sent.last_modified):
             return Feed("unchanged", None, _validators_of(response, sent))
@@ -476,7 +488,7 @@ class Upstream:
             raise UpstreamError(_status_message(url, response))
         if _content_type(response) != JSON_V1:
             return Feed("none", None, Validators())
-        serials = parse_root_serials(_json(response), str(response.url))
+        serials = parse_root_serials(_json(content, response.url), str(response.url))
         if serials is None:
             return Feed("none", None, Validators())
         return Feed("changed", serials, _validators_of(response, Validators()))
@@ -485,7 +497,7 @@ class Upstream:
         page_url = str(response.url)
         content_type = _content_type(response)
         if content_type == JSON_V1:
-            files = parse_json_page(_json(response), page_url)
+            files = parse_json_page(_json(response.content, response.url), page_url)
         elif content_type.endswith("+json") or content_type == "application/json":
             # Anything else JSON-shaped is a format we never asked for (PEP 691 negotiation).
             raise UpstreamError(

@@ -16,6 +16,7 @@ import pytest
 from test_propose import Kit
 
 from bot import tick
+from bot import upstream as upstream_module
 from bot.context import Bot, Summary
 from bot.errors import UpstreamError, WheelstockError
 from bot.registry import Entry
@@ -375,3 +376,19 @@ def test_the_lint_survives_a_serial_header_of_5000_digits(
     feeding._last_serial["alpha"] = "9" * 5000  # type: ignore[assignment]
     result = ws.run("registry", "lint")
     assert result.code == 0, result.out + result.err
+
+
+def test_a_root_page_too_large_is_not_read_as_a_feed(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit.tick()
+    monkeypatch.setattr(upstream_module, "MAX_ROOT_BYTES", 64)
+    with pytest.raises(UpstreamError, match="root page of more than"):
+        Upstream(kit.upstream.url, make_client(), attempts=1).feed()
+    kit.release("beta", "1.1")
+    start = len(kit.upstream.requests)
+    summary = kit.tick()
+    assert summary.errors == []
+    assert any(line.startswith("upstream: change feed unavailable") for line in kit.lines)
+    assert len(_page_requests(kit.upstream, start)) == 3
+    assert [pr.project for pr in kit.prs(state="open")] == ["beta"]
