@@ -383,6 +383,8 @@ def run_tick(
         argv.append(NO_FEED)
     env = {**os.environ, "PATH": f"{layout.bin}{os.pathsep}{os.environ.get('PATH', '')}"}
     layout.git_log.unlink(missing_ok=True)
+    if feed and sim.churning:
+        sim.churn()
     before = sim.stats()
     child = run_child(argv, layout.logs / f"{slug}.log", env)
     http = http_delta(before, sim.stats())
@@ -991,6 +993,7 @@ def measure(layout: Layout, projects: int, args: argparse.Namespace, full: bool)
         delay=args.delay,
         generations=str(layout.generations),
     ) as sim:
+        sim.churning = not args.root_unchanged
         measure_mode(layout, sim, size, size.plain, rounds, args)
         first = run_tick(layout, sim, "first tick with the feed", feed=True)
         assert first.opened == 0 and first.errors == 0, first.line
@@ -1276,6 +1279,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.030, help="seconds per response")
     parser.add_argument("--quick", action="store_true", help="2,500 projects, curve 500/1,000")
     parser.add_argument("--work", type=Path, help="keep the states here and reuse them")
+    parser.add_argument(
+        "--root-unchanged",
+        action="store_true",
+        help="let the root page answer 304 to a tick with the feed when no enrolled project "
+        "moved (by default a project no one enrolled changes before each such tick, as a "
+        "real index's root changes every few seconds)",
+    )
     parser.add_argument(
         "--root-projects",
         type=int,

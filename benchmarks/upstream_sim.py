@@ -144,6 +144,9 @@ class Index:
         # so the root is as large as a real index's.
         self.others = max(0, root_projects - projects)
         self._other_entries: list[dict[str, object]] | None = None
+        # Changes upstream made to projects no one enrolled (``churn``): the root page moves
+        # as a real index's does every few seconds, while no enrolled page does.
+        self.churns = 0
         self.mode = mode
         self.start = start
         self.files = files
@@ -195,6 +198,23 @@ class Index:
             self.root(self.root_kind(asked_json=True))  # rendered now, not in a client's time
         return names
 
+    @property
+    def churn_serial(self) -> int:
+        """The serial of the last change to a project no one enrolled (0: none yet)."""
+        return 10**12 + self.churns if self.churns else 0
+
+    def churn(self) -> int:
+        """A change to a project no one enrolled: the root page changes, no enrolled page."""
+        self.churns += 1
+        if self.others:
+            self.root("json")  # the entries exist once the root was rendered
+            assert self._other_entries is not None
+            self._other_entries[self.churns % self.others]["_last-serial"] = self.churn_serial
+        self.roots.clear()
+        if self.serials:
+            self.root(self.root_kind(asked_json=True))  # rendered now, not in a client's time
+        return self.churn_serial
+
     def serial(self, name: str, page: _Page | None) -> int:
         """The serial of ``name``'s last change (see the module's docstring)."""
         return (page.generation if page else 0) * self.projects + int(name[5:]) + 1
@@ -220,7 +240,7 @@ class Index:
                 ]
             body = json.dumps(
                 {
-                    "meta": {"api-version": "1.1", "_last-serial": last},
+                    "meta": {"api-version": "1.1", "_last-serial": max(last, self.churn_serial)},
                     "projects": [
                         {"name": name, "_last-serial": serial}
                         for name, serial in zip(names, serials, strict=True)
@@ -448,6 +468,8 @@ class Connection(asyncio.Protocol):
             given = query.get("names")
             names = index.change(fraction, seed, given[0].split(",") if given else None)
             return _response("200 OK", json_type, json.dumps(names).encode())
+        if split.path == "/_control/churn":
+            return _response("200 OK", json_type, json.dumps(index.churn()).encode())
         if split.path == "/_control/generations":
             generations = {n: p.generation for n, p in index.pages.items() if p.generation}
             return _response("200 OK", json_type, json.dumps(generations).encode())
@@ -534,6 +556,9 @@ class Simulator:
         if not line.strip().isdigit():
             self.process.kill()
             raise RuntimeError("the simulator did not start")
+        # benchmarks/tick.py: before each tick with the feed, change a project no one enrolled,
+        # so the root page is a 200 as a real index's always is (see Index.churn).
+        self.churning = False
         self.base = f"http://127.0.0.1:{int(line)}"
         self.url = f"{self.base}/simple/"
 
@@ -554,6 +579,12 @@ class Simulator:
         done = self.control("change?names=" + ",".join(names))
         assert isinstance(done, list)
         return [str(n) for n in done]
+
+    def churn(self) -> int:
+        """Upstream changes a project no one enrolled (the root page moves); its serial."""
+        serial = self.control("churn")
+        assert isinstance(serial, int)
+        return serial
 
     def generations(self) -> dict[str, int]:
         """Releases added per project since the start (only the projects that have any)."""

@@ -23,9 +23,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# Watched projects from which a tick reads upstream's change feed: about where 2,000
-# conditional requests (about 1 s on 2 cores) cost what a root page of tens of megabytes does.
-CHANGE_FEED_FROM = 2000
+# Watched projects from which a tick reads upstream's change feed: about where that many
+# conditional requests (about 2.5 s on 2 cores, benchmarks/tick.py) cost what reading a real
+# index's root page does (46 MB, fetched and parsed; it changes every few seconds, so every
+# tick pays for it).
+CHANGE_FEED_FROM = 5000
 
 
 @dataclass
