@@ -85,18 +85,28 @@ def test_a_tick_where_nothing_moved_runs_no_git(
     assert git_log.runs() == []
 
 
+def quiet_since_a_tick(ws: Workspace, tmp_path: Path, git_log: GitLog) -> None:
+    """settled(), one more tick that changes nothing, and the git log emptied."""
+    settled(ws, tmp_path)
+    assert ws.run("tick", "--no-build").code == 0
+    git_log.clear()
+
+
+def status_lines(ws: Workspace) -> dict[str, list[str]]:
+    """``wheelstock status``'s columns, per project."""
+    result = ws.run("status")
+    assert result.code == 0, result.out
+    return {line.split()[0]: line.split() for line in result.out.splitlines()[1:]}
+
+
 def test_status_after_a_quiet_tick_runs_no_git_and_reads_what_moved_since(
     workspace: Workspace, tmp_path: Path, git_log: GitLog
 ) -> None:
     ws = workspace
-    settled(ws, tmp_path)
-    assert ws.run("tick", "--no-build").code == 0
-    git_log.clear()
-    result = ws.run("status")
-    assert result.code == 0, result.out
+    quiet_since_a_tick(ws, tmp_path, git_log)
+    lines = status_lines(ws)
     assert git_log.runs() == []
     forge = LocalForge(ws.state / "forge")
-    lines = {line.split()[0]: line.split() for line in result.out.splitlines()[1:]}
     assert {name: lines[name][2] for name in PROJECTS} == dict.fromkeys(PROJECTS, "1.0")
     for name in PROJECTS:
         numbers = ",".join(f"#{pr.number}" for pr in forge.pull_requests(name, "open")) or "-"
@@ -106,9 +116,8 @@ def test_status_after_a_quiet_tick_runs_no_git_and_reads_what_moved_since(
     (pr,) = forge.pull_requests("alpha", "open")
     assert ws.run("pr", "merge", str(pr.number), "--as", "volunteer").code == 0
     git_log.clear()
-    result = ws.run("status")
+    lines = status_lines(ws)
     assert repos_touched(git_log.runs(), forge) == {"alpha"}
-    lines = {line.split()[0]: line.split() for line in result.out.splitlines()[1:]}
     assert (lines["alpha"][2], lines["alpha"][3], lines["beta"][2]) == ("1.1", "-", "1.0")
 
 
@@ -116,9 +125,7 @@ def test_the_graph_after_a_quiet_tick_runs_no_git_and_is_the_graph_git_gives(
     workspace: Workspace, tmp_path: Path, git_log: GitLog
 ) -> None:
     ws = workspace
-    settled(ws, tmp_path)
-    assert ws.run("tick", "--no-build").code == 0
-    git_log.clear()
+    quiet_since_a_tick(ws, tmp_path, git_log)
     quiet = ws.run("graph", "export")
     assert quiet.code == 0 and git_log.runs() == []
     assert all(f'"{name}"' in quiet.out for name in PROJECTS)
@@ -156,8 +163,7 @@ def test_status_and_graph_show_mains_version_after_a_merge_while_the_entry_is_no
         path.unlink()
     assert ws.run("pr", "merge", str(pr.number), "--as", "alice").code == 0
     assert ws.run("tick", "--no-build").code == 0  # past the merge; demo is not synced
-    lines = {line.split()[0]: line.split() for line in ws.run("status").out.splitlines()[1:]}
-    assert lines["demo"][2] == "1.1"
+    assert status_lines(ws)["demo"][2] == "1.1"
     if how == "skip":
         assert "demo" in ws.run("graph", "impact", "base").out
 
