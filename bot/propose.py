@@ -183,14 +183,15 @@ def close_unwanted(bot: Bot, project: str, current: str, wanted: str | None) -> 
         bot.echo(f"closed PR #{number}: {why}")
 
 
-def rerender_feedstock(bot: Bot, entry: Entry, text: str, summary: Summary) -> PullRequest | None:
+def rerender_feedstock(
+    bot: Bot, entry: Entry, text: str, current: Feedstock, summary: Summary
+) -> PullRequest | None:
     """Open a rerender PR when ``feedstock-template/`` is newer than the feedstock's files.
 
-    ``text`` is ``feedstock.yaml`` on ``main``, as the caller already read it.
+    ``text`` is ``feedstock.yaml`` on ``main`` and ``current`` its parse, as the caller
+    already has them (a sync of every project parses each once, not twice).
     """
     name = entry.name
-    where = f"{name}-feedstock/{FEEDSTOCK_FILE}"
-    current = feedstock.parse(text, where)
     newest = feedstock.template_version(bot.template_dir)
     if current.template >= newest:
         return None
@@ -199,7 +200,7 @@ def rerender_feedstock(bot: Bot, entry: Entry, text: str, summary: Summary) -> P
         text,
         maintainers=entry.maintainers,
         consent=entry.consent,
-        where=where,
+        where=f"{name}-feedstock/{FEEDSTOCK_FILE}",
     )
     changed = tuple(
         sorted(path for path, content in files.items() if _differs(bot, name, path, content))

@@ -109,7 +109,7 @@ def sync_project(
     )
     if release is not None:
         propose_bump(bot, entry, page, text, current, release, summary, affected)
-    propose.rerender_feedstock(bot, entry, text, summary)
+    propose.rerender_feedstock(bot, entry, text, current, summary)
     propose.settle(bot, entry.name, summary)
     return current.version
 
