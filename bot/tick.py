@@ -194,11 +194,11 @@ def read_feed(bot: Bot, names: list[str]) -> tuple[set[str], dict[str, int] | No
     """Which of ``names`` upstream's change feed says did not move, and the serials it gave.
 
     One conditional request for the root page (bot.upstream.Upstream.feed), when at least
-    ``bot.change_feed_from`` projects are watched. A project is
-    left out of the watch only if its stored page is current at the serial the feed gives
-    now; every other one, and every project once per ``bot.full_check_every``, is checked as
-    before. An index that offers no feed is asked again after that same period; a feed that
-    fails costs nothing but the request: the watch checks every page.
+    ``bot.change_feed_from`` projects are watched. A project is left out of the watch only
+    if its stored page is current at the serial the feed gives now; every other one, and
+    every project once per ``bot.full_check_every``, is checked as before. An index that
+    offers no feed is asked again after that same period; a feed that fails costs nothing
+    but the request: the watch checks every page.
     """
     if not bot.change_feed or not names or len(names) < bot.change_feed_from:
         return set(), None
