@@ -32,21 +32,28 @@ def atomic_target(path: Path, *, durable: bool = True) -> Iterator[IO[bytes]]:
     except FileNotFoundError:  # the directory first, only when it is missing
         os.makedirs(where, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=where)
+    with _installing(tmp, path, where, durable=durable), os.fdopen(fd, "wb") as handle:
+        yield handle
+        handle.flush()
+        # mkstemp makes 0600 files; a static web server running as another user reads them.
+        os.fchmod(handle.fileno(), 0o644)
+        if durable:
+            os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def _installing(tmp: str, path: Path, directory: str, *, durable: bool) -> Iterator[None]:
+    """Around the writing of ``tmp``: then rename it over ``path`` (and make the rename
+    durable), or, on any error, remove it. The one ending of both atomic writers."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            # mkstemp makes 0600 files; a static web server running as another user reads them.
-            os.fchmod(handle.fileno(), 0o644)
-            if durable:
-                os.fsync(handle.fileno())
+        yield
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     if durable:
-        _fsync_dir(path.parent)
+        _fsync_dir(Path(directory))
 
 
 def sync_filesystem(path: Path) -> None:
@@ -107,7 +114,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     directory, name = os.path.split(os.fspath(path))
     directory = directory or "."
     fd, tmp = _create_temp(directory, name)
-    try:
+    with _installing(tmp, path, directory, durable=durable):
         try:
             view = memoryview(data)
             while view:
@@ -118,13 +125,6 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        _fsync_dir(Path(directory))
 
 
 def _create_temp(directory: str, name: str) -> tuple[int, str]:
