@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -103,6 +103,17 @@ CREATE TABLE IF NOT EXISTS meta (
 # In the meta table: the forge's cursor (bot.forge.Changes) as of the last tick that went
 # through; what the forge says changed since is what the state does not know yet.
 FORGE_CURSOR = "forge-cursor"
+
+
+def settled_versions(synced: Mapping[str, Synced], changes: Changes) -> dict[str, str]:
+    """``State.settled_versions`` from rows already read (the tick has them in hand)."""
+    if not changes.complete:
+        return {}
+    return {
+        name: row.version
+        for name, row in synced.items()
+        if row.version is not None and name not in changes.projects
+    }
 
 
 def iso(moment: datetime) -> str:
@@ -428,13 +439,7 @@ class State(UpstreamPages):
     def settled_versions(self, changes: Changes) -> dict[str, str]:
         """What main builds per project, as its last complete sync left it, for every project
         the forge's ``changes`` since that tick (``FORGE_CURSOR``) do not name: no git."""
-        if not changes.complete:
-            return {}
-        return {
-            name: row.version
-            for name, row in self.synced().items()
-            if row.version is not None and name not in changes.projects
-        }
+        return settled_versions(self.synced(), changes)
 
     def record_synced(self, project: str, synced: Synced) -> None:
         with self.transaction() as db:

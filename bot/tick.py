@@ -23,7 +23,7 @@ from bot.propose import propose_bump, source_of
 from bot.prs import backoff
 from bot.registry import Entry
 from bot.simple import DistFile, ProjectPage
-from bot.state import FORGE_CURSOR, Synced, iso
+from bot.state import FORGE_CURSOR, Synced, iso, settled_versions
 from bot.upstream import Validators
 from bot.versions import Choice, choose_release
 from bot.watch import watch
@@ -340,11 +340,7 @@ def sync_all(
     moved = {name for name in synced if not changes.complete or name in changes.projects}
     # What main builds, where the forge said nothing changed: the graph behind PR bodies'
     # "affected" list reads git only for the rest.
-    versions = {
-        name: row.version
-        for name, row in synced.items()
-        if row.version is not None and name not in moved
-    }
+    versions = settled_versions(synced, changes)
     affected = affected_by(bot, entries, versions)
     due = []
     for entry in entries:
