@@ -348,6 +348,11 @@ def parse_html_page(text: str, page_url: str) -> tuple[DistFile, ...]:
     return tuple(files)
 
 
+# The largest serial kept: what an SQLite INTEGER holds. One beyond it, on a page or on the
+# root page, is no serial upstream can mean.
+MAX_SERIAL = 2**63 - 1
+
+
 def parse_root_serials(data: Any, page_url: str) -> dict[str, int] | None:
     """The change feed in a PEP 691 JSON root page: each project's ``_last-serial``.
 
@@ -375,7 +380,7 @@ def parse_root_serials(data: Any, page_url: str) -> dict[str, int] | None:
                 missing += 1
                 continue
             serial = as_int(serial, f"{at}._last-serial", nonnegative=True)
-            if serial >= 2**63:
+            if serial > MAX_SERIAL:
                 raise Mismatch(f"{at}._last-serial", "a serial below 2**63")
             name = canonicalize_name(name)
             serials[name] = max(serial, serials.get(name, serial))

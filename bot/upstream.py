@@ -36,6 +36,7 @@ from bot.errors import HashMismatch, ProjectNotFound, UpstreamError, UpstreamUna
 from bot.simple import (
     ACCEPT,
     JSON_V1,
+    MAX_SERIAL,
     ProjectPage,
     parse_html_page,
     parse_json_page,
@@ -260,9 +261,11 @@ def _validators_of(response: httpx.Response, sent: Validators) -> Validators:
 
 def _serial_of(response: httpx.Response) -> int | None:
     value = response.headers.get(SERIAL_HEADER, "").strip()
-    if not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > 18:
+    # The digit count first: int() refuses a string of more than 4,300 digits with an error.
+    if not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > 19:
         return None
-    return int(value)
+    serial = int(value)
+    return serial if serial <= MAX_SERIAL else None
 
 
 def _content_type(response: httpx.Response) -> str:
